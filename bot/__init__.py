@@ -1,0 +1,1 @@
+"""ollacord: a Discord bot that streams replies from your own Ollama server."""
