@@ -1,0 +1,76 @@
+"""Terminal chat: Ollama's simple-chat loop, on the same engine and store as the bot.
+
+Tokens are printed as they stream; the history is kept (and stored, so it survives a restart);
+an empty line or Ctrl-D quits. No Discord token is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from .conversation import ChatEngine
+from .history_store import open_history_store
+from .ollama import OllamaClient
+from .settings import Settings
+
+CONSOLE_CONVERSATION = "console:default"
+
+
+class ConsoleSink:
+    """Prints each delta as it arrives; a note (error, cut-off) goes on its own line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    async def feed(self, delta: str) -> None:
+        self.out.write(delta)
+        self.out.flush()
+
+    async def finish(self, note: str | None = None) -> None:
+        if note:
+            self.out.write(f"\n{note}")
+        self.out.write("\n")
+        self.out.flush()
+
+
+async def run_console(
+    settings: Settings,
+    *,
+    read_line: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+    conversation: str = CONSOLE_CONVERSATION,
+) -> int:
+    store = open_history_store(settings.history_store)
+    ollama = OllamaClient(
+        settings.ollama_url,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    )
+    engine = ChatEngine(ollama, store, settings, clock=time.monotonic)
+    history = await store.load(conversation)
+    out.write(
+        f"ollacord console: model {settings.ollama_model} at {settings.ollama_url}; "
+        f"{len(history)} earlier messages kept. Empty line or Ctrl-D quits.\n"
+    )
+    out.flush()
+    try:
+        while True:
+            try:
+                line = await asyncio.to_thread(read_line, ">>> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            await engine.respond(conversation, line.strip(), ConsoleSink(out))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        await ollama.close()
+        await store.close()
+    out.write("bye\n")
+    out.flush()
+    return 0

@@ -1,0 +1,324 @@
+"""Split model output into valid Discord messages, without breaking ``` code blocks.
+
+A reply from the model can be any length, but a Discord message holds at most 2000 characters,
+must not be empty or whitespace-only, and should never end inside a code block: an unbalanced
+fence swallows the rest of that message, and the continuation in the next message loses its
+highlighting. This module decides where to cut and how to close/reopen a block around the cut.
+It is pure (no I/O, no discord import) so it can be tested exhaustively.
+
+The streaming reply writer uses it like this::
+
+    tail = ""
+    for piece in reply:
+        tail += piece
+        while discord_len(close_open_fence(tail)) > DISCORD_LIMIT:
+            chunk, tail = take_chunk(tail)
+            if chunk:  # "" only after a flood of whitespace, see take_chunk
+                freeze(chunk)
+        show(close_open_fence(tail))
+
+and gets exactly the messages :func:`split_message` returns for the whole reply, however the
+reply was broken into pieces. Two design rules make that hold:
+
+* The display length, ``discord_len(close_open_fence(tail))``, never shrinks when text is
+  appended, so a tail that was too long stays too long (see :func:`close_open_fence`).
+* :func:`take_chunk` looks only at the *window*: the shortest prefix of its input whose
+  display is over the limit. Text that arrives later cannot change a cut already made.
+
+Fences are counted the simple way Discord's markdown roughly does: every non-overlapping
+"```" scanned left to right toggles code on or off, and a chunk is balanced when it holds an
+even number of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "DISCORD_LIMIT",
+    "MAX_TAG_LEN",
+    "MIN_LIMIT",
+    "close_open_fence",
+    "discord_len",
+    "open_fence",
+    "split_message",
+    "take_chunk",
+]
+
+DISCORD_LIMIT: Final = 2000
+"""Maximum length of a message's content."""
+
+MIN_LIMIT: Final = 16
+"""Smallest supported limit: room for a reopened fence, a little code and a closing fence."""
+
+MAX_TAG_LEN: Final = 32
+"""Longer language tags are not reproduced when a block is reopened (they are not languages)."""
+
+FENCE: Final = "```"
+_FENCE_RE: Final = re.compile(re.escape(FENCE))
+# What may follow an opening fence to name a language. Discord only takes it as a language
+# when a newline follows at once: "```py\n" is Python, "```py x" is code starting with "py x".
+_HEADER_RE: Final = re.compile(r"([A-Za-z0-9_+\-.#]*)\r?\n")
+# Appended to a chunk cut inside a code block. The newline keeps the fence from merging with
+# backticks the chunk ends with ("x``" + "```" would count as "`````" = one fence + "``").
+_CLOSING: Final = "\n" + FENCE
+# Room needed in a chunk besides a reopened fence line: one unit of code (at most 3 code
+# points, e.g. a fence) plus the closing fence. Tags are capped so this always fits.
+_REOPEN_OVERHEAD: Final = 3 + 1 + 3 + len(_CLOSING)
+
+
+def discord_len(text: str) -> int:
+    """Length as Discord counts it, conservatively: in UTF-16 code units.
+
+    Discord's limit is 2000 "characters", but its clients measure in UTF-16, where an emoji
+    outside the Basic Multilingual Plane counts twice. Counting code units is never shorter.
+    ``surrogatepass`` makes stray surrogates (which JSON can carry) count 1 instead of raising.
+    """
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _check_limit(limit: int) -> None:
+    if limit < MIN_LIMIT:
+        raise ValueError(f"limit must be at least {MIN_LIMIT}, got {limit}")
+
+
+def _is_open(text: str) -> bool:
+    """Whether ``text`` ends inside a code block (an odd number of fences)."""
+    return len(_FENCE_RE.findall(text)) % 2 == 1
+
+
+def _header(text: str, fence_start: int) -> tuple[int, str | None]:
+    """Where the code of the block opened at ``fence_start`` begins, and its language tag.
+
+    The tag counts only with its newline in sight: "```py" at the very end of the text may
+    still become "```py x" (code) when more text arrives.
+    """
+    match = _HEADER_RE.match(text, fence_start + len(FENCE))
+    if match is None:
+        return fence_start + len(FENCE), None
+    return match.end(), match.group(1) or None
+
+
+def _fence_line(text: str, fence_start: int, max_tag: int) -> str:
+    _, tag = _header(text, fence_start)
+    if tag is not None and len(tag) <= max_tag:
+        return FENCE + tag
+    return FENCE
+
+
+def open_fence(text: str) -> str | None:
+    """If ``text`` ends inside a code block, the fence line that reopens it, else ``None``.
+
+    That is "```" plus the block's language tag (e.g. "```python"), so the continuation in the
+    next message keeps its highlighting. Tags longer than :data:`MAX_TAG_LEN` are not
+    reproduced; a bare "```" is returned instead.
+    """
+    starts = [match.start() for match in _FENCE_RE.finditer(text)]
+    if len(starts) % 2 == 0:
+        return None
+    return _fence_line(text, starts[-1], MAX_TAG_LEN)
+
+
+def close_open_fence(text: str) -> str:
+    """``text`` as it can be displayed now: with its open code block (if any) closed.
+
+    The block is closed with the *shortest* completion: "```", or just the one or two
+    backticks that complete a fence the text already ends with. Discord accepts a closing
+    fence at the end of a code line, so "```py\\nx = 1```" renders like "```py\\nx = 1\\n```".
+
+    Why not always "\\n```": the writer cuts a message as soon as this display is over the
+    limit, so its length must never shrink as text grows. With "\\n```", a tail 3 units under
+    the limit would display 1 over it, get cut, and then the model's own "```" would have
+    made the whole reply fit in one message: the result would depend on streaming timing.
+    The shortest completion is monotonic: any continuation that closes the block is at least
+    as long.
+    """
+    if not _is_open(text):
+        return text
+    trailing_backticks = len(text) - len(text.rstrip("`"))
+    return text + "`" * (len(FENCE) - trailing_backticks % len(FENCE))
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """A place to cut the window: the chunk is ``window[lead:end]``, the rest resumes at
+    ``resume``; ``window[end:resume]`` is whitespace dropped at the cut."""
+
+    end: int
+    resume: int
+    after: int  # first non-whitespace at or after ``resume`` (or the window's end)
+    newlines: int  # dropped line breaks: 2 = paragraph (capped), 1 = line, 0 = space, -1 = hard
+
+
+class _Window:
+    """The shortest prefix of a text whose display exceeds the limit, with per-position
+    bookkeeping so each candidate cut is checked in O(1)."""
+
+    def __init__(self, text: str, limit: int) -> None:
+        units = [0]  # units[i] == discord_len(text[:i])
+        fences = [0]  # fences[i]: fences complete within text[:i]
+        last_fence = [-1]  # last_fence[i]: start of the last of those, -1 if none
+        runs = [0]  # runs[i]: length of the backtick run that text[:i] ends with
+        end = None
+        for i, char in enumerate(text):
+            run = runs[-1] + 1 if char == "`" else 0
+            fence_done = run > 0 and run % len(FENCE) == 0
+            units.append(units[-1] + discord_len(char))
+            fences.append(fences[-1] + fence_done)
+            last_fence.append(i + 1 - len(FENCE) if fence_done else last_fence[-1])
+            runs.append(run)
+            completion = len(FENCE) - run % len(FENCE) if fences[-1] % 2 else 0
+            if units[-1] + completion > limit:
+                end = i + 1
+                break
+        if end is None:
+            raise ValueError("text fits in one message; there is nothing to cut")
+        self.text = text[:end]
+        self.limit = limit
+        self.units = units
+        self.fences = fences
+        self.last_fence = last_fence
+        self.runs = runs
+        self.lead = len(self.text) - len(self.text.lstrip())
+        # The tag must leave room for some code and a closing fence in the next chunk.
+        self.max_tag = min(MAX_TAG_LEN, limit - _REOPEN_OVERHEAD)
+
+    def in_code(self, pos: int) -> bool:
+        return self.fences[pos] % 2 == 1
+
+    def code_start(self, pos: int) -> int:
+        """Where the code of the block open at ``pos`` begins (after its fence line)."""
+        return _header(self.text, self.last_fence[pos])[0]
+
+    def size(self, cut: _Cut) -> int:
+        closing = len(_CLOSING) if self.in_code(cut.end) else 0
+        return self.units[cut.end] - self.units[self.lead] + closing
+
+    def candidates(self) -> list[_Cut]:
+        """Every cut that fits the limit: at each whitespace run, and between two
+        non-whitespace characters where nothing indivisible would be split."""
+        text, cuts = self.text, []
+        i = self.lead + 1
+        while i < len(text):
+            if text[i].isspace():
+                j = i
+                while j < len(text) and text[j].isspace():
+                    j += 1
+                newlines = text.count("\n", i, j)
+                resume = j
+                if newlines and self.in_code(i):
+                    # Keep the indentation of the next code line; drop blank lines. (Not when
+                    # that would resume right at the block's first line: then the rest would
+                    # be the input again. Such a cut is a last resort, see `tidy`.)
+                    line_start = text.rfind("\n", i, j) + 1
+                    if line_start > self.code_start(i):
+                        resume = line_start
+                cuts.append(_Cut(i, resume, j, min(newlines, 2)))
+                i = j + 1  # text[j] is not whitespace: no cut between it and text[j - 1]
+            else:
+                if not text[i - 1].isspace() and self._divisible_at(i):
+                    cuts.append(_Cut(i, i, i, -1))
+                i += 1
+        return [cut for cut in cuts if self.size(cut) <= self.limit]
+
+    def _divisible_at(self, pos: int) -> bool:
+        before, after = self.text[pos - 1], self.text[pos]
+        if "\ud800" <= before <= "\udbff" and "\udc00" <= after <= "\udfff":
+            return False  # a surrogate pair: half an emoji is invalid text
+        # Inside a run of backticks, only between two whole fences: any other cut would change
+        # which backticks pair up into fences, in this chunk and in the rest. ("\r\n" needs no
+        # rule here: both are whitespace, so it is always dropped whole at a whitespace cut.)
+        return not (before == after == "`" and self.runs[pos] % len(FENCE))
+
+    def tidy(self, cut: _Cut) -> bool:
+        """A cut in code must leave code in the chunk (not just "```py" and a closing fence)
+        and must not leave the rest starting with the block's own closing fence (an empty
+        reopened block, which Discord shows as a stray "```py" line)."""
+        if not self.in_code(cut.end):
+            return True
+        return cut.end > self.code_start(cut.end) and not self.text.startswith(FENCE, cut.after)
+
+    def progresses(self, cut: _Cut) -> bool:
+        """The rest must be shorter than the input, not the same fence line reopened again."""
+        return not self.in_code(cut.end) or cut.resume > self.code_start(cut.end)
+
+    def pick(self, cuts: list[_Cut]) -> _Cut | None:
+        """The preferred cut: the last paragraph break that leaves at least half a message,
+        else the last line break, else the last whitespace, else the last hard cut."""
+        tiers = (
+            [c for c in cuts if c.newlines >= 2 and self.size(c) >= self.limit // 2],
+            [c for c in cuts if c.newlines >= 1],
+            [c for c in cuts if c.newlines >= 0],
+            cuts,
+        )
+        for tier in tiers:
+            if tier:
+                return max(tier, key=lambda cut: cut.end)
+        return None
+
+
+def take_chunk(text: str, limit: int = DISCORD_LIMIT) -> tuple[str, str]:
+    """Cut the first message off ``text``, whose display (``close_open_fence(text)``) is over
+    ``limit``. Returns ``(chunk, rest)``.
+
+    ``chunk`` is non-blank, at most ``limit`` long in :func:`discord_len` and balanced. The cut
+    is the last paragraph break (blank line) that leaves a chunk of at least ``limit // 2``,
+    else the last line break, else the last whitespace, else a hard cut, which never splits a
+    fence, a surrogate pair or a "\\r\\n". In a code block this means a code line is never cut
+    in the middle when a line break is in range.
+
+    Cut inside a code block, the chunk gets "\\n```" (its room is reserved within ``limit``) and
+    ``rest`` starts with the reopening fence line, e.g. "```python\\n", so it renders on its
+    own. The whitespace at the cut is dropped, except the indentation of the next code line.
+
+    The decision depends only on the shortest prefix of ``text`` whose display exceeds
+    ``limit``; what follows is passed through to ``rest`` untouched, so calling this on a
+    growing text gives the same messages as :func:`split_message` on the final text. For the
+    same reason whitespace is only dropped as far as that prefix reaches: ``rest`` may start
+    with whitespace (the next cut drops it). If the prefix is nothing but whitespace, there
+    is no message to make: ``chunk`` is "" and ``rest`` drops that whitespace. Callers must
+    skip an empty chunk; it only happens after ``limit`` whitespace characters in a row.
+
+    Raises ``ValueError`` if ``limit`` < :data:`MIN_LIMIT` or the display of ``text`` fits.
+    """
+    _check_limit(limit)
+    window = _Window(text, limit)
+    cuts = window.candidates()
+    cut = window.pick([c for c in cuts if window.tidy(c)]) or window.pick(
+        [c for c in cuts if window.progresses(c)]
+    )
+    if cut is None and window.lead == 0:
+        # Only reachable when a fence line the model wrote is too long to fit with any code:
+        # cut inside it; the rest reopens with a bare fence, which is short.
+        cut = window.pick(cuts)
+    if cut is None:
+        # Leading whitespace (or all of the window) leaves no room for a message.
+        return "", text[window.lead :]
+    chunk = window.text[window.lead : cut.end]
+    if not window.in_code(cut.end):
+        return chunk, text[cut.resume :]
+    reopen = _fence_line(window.text, window.last_fence[cut.end], window.max_tag)
+    return chunk + _CLOSING, reopen + "\n" + text[cut.resume :]
+
+
+def split_message(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
+    """The whole ``text`` as Discord messages, in order.
+
+    Repeatedly takes a chunk (see :func:`take_chunk`) while the display of the rest is over
+    ``limit``; the last message is ``close_open_fence(rest)``, so a block the model never
+    closed is closed. Every message is non-blank, at most ``limit`` long and balanced; empty or
+    whitespace-only text gives no messages. The result equals what the streaming writer
+    produces from the same text fed in any pieces.
+    """
+    _check_limit(limit)
+    chunks: list[str] = []
+    rest = text
+    while discord_len(close_open_fence(rest)) > limit:
+        chunk, rest = take_chunk(rest, limit)
+        if chunk:
+            chunks.append(chunk)
+    if rest.strip():
+        chunks.append(close_open_fence(rest))
+    return chunks

@@ -1,0 +1,74 @@
+"""What the user reads when something goes wrong: one table, used by Discord and the console."""
+
+from __future__ import annotations
+
+from .ollama import (
+    ModelNotFound,
+    OllamaBusy,
+    OllamaError,
+    OllamaRequestError,
+    OllamaTimeout,
+    OllamaUnavailable,
+    StreamInterrupted,
+)
+
+HINT = (
+    "Hi! Mention me with a question, e.g. `@{name} what is a monad?` "
+    "(in a DM, just write). `/reset` makes me forget this channel's conversation."
+)
+EMPTY_REPLY = "⚠️ The model returned an empty reply. Try rephrasing, or `/reset` the conversation."
+TOO_LONG = (
+    "⚠️ That message is too long for me ({length:,} characters; the limit is {limit:,}). "
+    "Please shorten it or split it into parts."
+)
+RESET_DONE = "🧹 Done: I forgot this conversation. The next message starts fresh."
+RESET_STOPPED = "*(stopped: the conversation was reset)*"
+INTERRUPTED = "*(interrupted, please ask again)*"
+
+
+def error_message(error: OllamaError, *, model: str) -> str:
+    """The one message shown in place of a reply that never started."""
+    if isinstance(error, ModelNotFound):
+        return (
+            f"⚠️ The model `{model}` is not available on the Ollama server. "
+            f"Pull it there with `ollama pull {model}`, or set `OLLAMA_MODEL` to a model you have."
+        )
+    if isinstance(error, OllamaUnavailable):
+        return (
+            f"⚠️ I can't reach Ollama at {error.url} ({error.reason}). "
+            "Is it running, and is `OLLAMA_URL` right? (From a container, `localhost` is the "
+            "container itself: use the service name or `host.docker.internal`.)"
+        )
+    if isinstance(error, OllamaBusy):
+        return "⚠️ Ollama is busy with too many requests right now. Please try again in a moment."
+    if isinstance(error, OllamaTimeout):
+        return (
+            f"⚠️ Ollama did not answer within {error.seconds:g} s. The model may still be loading "
+            "or the server is overloaded; please try again."
+        )
+    if isinstance(error, OllamaRequestError):
+        if error.status == 400:
+            return f"⚠️ Ollama rejected the request: {error.message}"
+        return f"⚠️ Ollama failed to answer (HTTP {error.status}): {error.message}"
+    if isinstance(error, StreamInterrupted):
+        return f"⚠️ The reply failed: {cut_off_reason(error)}."
+    return f"⚠️ Something went wrong talking to Ollama: {error}"
+
+
+def cut_off_reason(error: OllamaError) -> str:
+    if isinstance(error, StreamInterrupted):
+        if error.kind == "model_error":
+            return f"the model stopped with an error ({error.detail})"
+        if error.kind == "incomplete":
+            return "Ollama ended the reply early"
+        if error.kind == "malformed":
+            return "Ollama sent something that is not a reply"
+        return "the connection to Ollama was lost"
+    if isinstance(error, OllamaTimeout):
+        return f"Ollama sent nothing for {error.seconds:g} s"
+    return str(error)
+
+
+def cut_off_note(error: OllamaError) -> str:
+    """Appended to a reply that was cut off mid-stream (the text already shown stays)."""
+    return f"⚠️ *(reply cut off: {cut_off_reason(error)})*"

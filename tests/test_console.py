@@ -1,0 +1,72 @@
+"""`python -m bot console`: the simple-chat loop in a terminal, same engine and store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fake_ollama import FakeOllama, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_console(
+    fake: FakeOllama, stdin: str, tmp_path: Path, store: str = "memory://"
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "OLLAMA_URL": fake.url,
+        "OLLAMA_MODEL": "llama3.2",
+        "HISTORY_STORE": store,
+        "DISCORD_TOKEN": "",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "console"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # no .env there: only the variables above count
+        env={**env, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_console_streams_tokens_and_keeps_history(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    fake_ollama.queue(
+        Reply(tokens=["Nice", " to", " meet", " you."]),
+        Reply(tokens=["Your", " name", " is", " Ada."]),
+    )
+
+    done = run_console(fake_ollama, "my name is Ada\nwhat is my name?\n\n", tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "Nice to meet you.\n" in done.stdout
+    assert "Your name is Ada.\n" in done.stdout
+    assert [m["content"] for m in fake_ollama.chat_requests[1]["messages"]] == [
+        "my name is Ada",
+        "Nice to meet you.",
+        "what is my name?",
+    ]
+
+
+def test_console_history_survives_a_restart_with_sqlite(
+    fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/console.db"
+    assert run_console(fake_ollama, "remember 7\n", tmp_path, store).returncode == 0  # EOF quits
+    done = run_console(fake_ollama, "what number?\n\n", tmp_path, store)
+    assert done.returncode == 0, done.stderr
+    assert "2 earlier messages kept" in done.stdout
+    assert len(fake_ollama.chat_requests[-1]["messages"]) == 3
+
+
+def test_console_shows_a_clear_error_when_ollama_is_down(tmp_path: Path) -> None:
+    with FakeOllama() as fake:
+        url = fake.url
+    fake_down = type("Down", (), {"url": url})()
+    done = run_console(fake_down, "hello\n\n", tmp_path)  # type: ignore[arg-type]
+    assert done.returncode == 0
+    assert f"can't reach Ollama at {url}" in done.stdout

@@ -1,0 +1,105 @@
+"""Settings.from_env: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.settings import ConfigError, Settings
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.ollama_url == "http://localhost:11434"
+    assert settings.history_store == "sqlite:///data/history.db"
+    assert settings.edit_interval == 1.0
+    assert settings.ollama_options == {}
+    assert settings.ollama_keep_alive is None
+    assert settings.discord_token == ""
+
+
+def test_blank_values_keep_the_defaults() -> None:
+    settings = Settings.from_env({"OLLAMA_URL": "  ", "EDIT_INTERVAL": "", "OLLAMA_MODEL": ""})
+    assert settings == Settings.from_env({})
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "DISCORD_TOKEN": "abc.def.ghi",
+            "OLLAMA_URL": "http://ollama:11434/",
+            "OLLAMA_MODEL": "qwen3:8b",
+            "SYSTEM_PROMPT": "Be brief.\\nAlways polite.",
+            "HISTORY_STORE": "memory://",
+            "EDIT_INTERVAL": "0.5",
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_OPTIONS": '{"temperature": 0.2, "num_ctx": 8192}',
+            "OLLAMA_THINK": "yes",
+            "MAX_HISTORY_MESSAGES": "10",
+            "MAX_INPUT_CHARS": "500",
+            "OLLAMA_CONNECT_TIMEOUT": "3",
+            "OLLAMA_READ_TIMEOUT": "60",
+            "MESSAGE_CONTENT_INTENT": "false",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.discord_token == "abc.def.ghi"
+    assert settings.ollama_url == "http://ollama:11434"
+    assert settings.ollama_model == "qwen3:8b"
+    assert settings.system_prompt == "Be brief.\nAlways polite."
+    assert settings.history_store == "memory://"
+    assert settings.edit_interval == 0.5
+    assert settings.ollama_keep_alive == -1
+    assert settings.ollama_options == {"temperature": 0.2, "num_ctx": 8192}
+    assert settings.ollama_think is True
+    assert settings.max_history_messages == 10
+    assert settings.max_input_chars == 500
+    assert settings.connect_timeout == 3.0
+    assert settings.read_timeout == 60.0
+    assert settings.message_content_intent is False
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("value", ["5m", "1h30m", "-1s", "300ms"])
+def test_keep_alive_duration_strings_pass_through(value: str) -> None:
+    assert Settings.from_env({"OLLAMA_KEEP_ALIVE": value}).ollama_keep_alive == value
+
+
+def test_keep_alive_number_is_sent_as_a_number_not_a_string() -> None:
+    # Ollama answers 400 "time: missing unit in duration" to the string "300".
+    assert Settings.from_env({"OLLAMA_KEEP_ALIVE": "300"}).ollama_keep_alive == 300
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OLLAMA_URL", "localhost:11434"),
+        ("OLLAMA_URL", "ftp://x"),
+        ("HISTORY_STORE", "postgres://x"),
+        ("HISTORY_STORE", "sqlite:///"),
+        ("EDIT_INTERVAL", "fast"),
+        ("EDIT_INTERVAL", "-1"),
+        ("EDIT_INTERVAL", "nan"),
+        ("OLLAMA_KEEP_ALIVE", "forever"),
+        ("OLLAMA_OPTIONS", "temperature=0.2"),
+        ("OLLAMA_OPTIONS", "[1, 2]"),
+        ("OLLAMA_THINK", "maybe"),
+        ("MAX_HISTORY_MESSAGES", "ten"),
+        ("MAX_INPUT_CHARS", "0"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_invalid_value_fails_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_token_never_appears_in_repr_or_description() -> None:
+    settings = Settings.from_env({"DISCORD_TOKEN": "MTIz.secret-token-value"})
+    assert "secret-token-value" not in repr(settings)
+    assert "secret-token-value" not in settings.describe()
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.ollama_model = "other"  # type: ignore[misc]
