@@ -10,7 +10,7 @@ import signal
 import sys
 
 import discord
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
 from .discord_bot import create_bot
 from .logging_setup import configure_logging
@@ -31,6 +31,9 @@ See README.md, "Discord application setup". (`python -m bot console` needs no to
 
 
 async def run_discord(settings: Settings) -> int:
+    if api := os.environ.get("OLLACORD_DISCORD_API"):
+        # Test hook: point discord.py at a fake Discord on 127.0.0.1 (see tests/).
+        discord.http.Route.BASE = api
     bot = create_bot(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -71,7 +74,8 @@ async def run_discord(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    load_dotenv()  # .env fills in what the environment does not already set
+    # .env (found from the working directory up) fills in what the environment does not set.
+    load_dotenv(find_dotenv(usecwd=True))
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from .history_store import HistoryStore, Turn
 from .ollama import OllamaClient, OllamaError
 from .settings import Settings
+from .think_filter import ThinkFilter
 from .user_messages import (
     EMPTY_REPLY,
     INTERRUPTED,
@@ -157,20 +158,29 @@ class ChatEngine:
                 # Reasoning is never shown; unless asked for, do not make the model spend on it.
                 think=None if settings.ollama_think else False,
             )
+            think_filter = ThinkFilter()
+
+            async def show(visible: str) -> None:
+                nonlocal text, first_text_at
+                # Models often start with a space or newline; Discord would trim it anyway.
+                delta = visible if text else visible.lstrip()
+                if not delta:
+                    return
+                if first_text_at is None:
+                    first_text_at = self.clock()
+                    if on_first_text is not None:
+                        await on_first_text()
+                text += delta
+                await sink.feed(delta)
+
             try:
                 async with aclosing(stream):
                     async for chunk in stream:
-                        # Models often start with a space or newline; Discord would trim it.
-                        delta = chunk.content if text else chunk.content.lstrip()
-                        if delta:
-                            if first_text_at is None:
-                                first_text_at = self.clock()
-                                if on_first_text is not None:
-                                    await on_first_text()
-                            text += delta
-                            await sink.feed(delta)
+                        if chunk.content:
+                            await show(think_filter.feed(chunk.content))
                         if chunk.done:
                             metrics = chunk.metrics
+                    await show(think_filter.flush())
             except OllamaError as error:
                 if text.strip():
                     await sink.finish(cut_off_note(error))

@@ -22,7 +22,7 @@ from .history_store import HistoryStore, open_history_store
 from .ollama import OllamaClient, OllamaError, model_matches
 from .reply_writer import EditThrottle, ReplyWriter
 from .settings import Settings
-from .user_messages import HINT, RESET_DONE, RESET_STOPPED
+from .user_messages import HINT, INTERNAL_ERROR, RESET_DONE, RESET_STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,14 @@ class OllacordBot(discord.Client):
                 log_fields=f"channel={message.channel.id} message={message.id} "
                 f"author={message.author.id}",
             )
+        except Exception:
+            # Not an Ollama failure (those are answered by the engine): a bug or Discord itself.
+            # Log the traceback, and still tell the user something went wrong.
+            log.exception(
+                "event=reply_crashed channel=%s message=%s", message.channel.id, message.id
+            )
+            with contextlib.suppress(discord.HTTPException):
+                await writer.finish(INTERNAL_ERROR)
         finally:
             typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -85,7 +85,8 @@ class ReplyWriter:
         self._tail += delta
         while discord_len(close_open_fence(self._tail)) > self.limit:
             chunk, self._tail = take_chunk(self._tail, self.limit)
-            self._frozen.append(chunk)
+            if chunk:  # "" when the window was only whitespace: nothing to show
+                self._frozen.append(chunk)
 
     async def feed(self, delta: str) -> None:
         if not delta:

@@ -24,6 +24,9 @@ TOO_LONG = (
 RESET_DONE = "🧹 Done: I forgot this conversation. The next message starts fresh."
 RESET_STOPPED = "*(stopped: the conversation was reset)*"
 INTERRUPTED = "*(interrupted, please ask again)*"
+INTERNAL_ERROR = (
+    "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
+)
 
 
 def error_message(error: OllamaError, *, model: str) -> str:

@@ -343,6 +343,25 @@ async def test_messages_in_one_channel_are_answered_one_at_a_time_in_order(
     assert [m["content"] for m in chat_messages(fake_ollama)][-1] == "Alice: three"
 
 
+@pytest.mark.fake_ollama(num_parallel=2)
+async def test_different_channels_stream_in_parallel(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    general, alice = setup_channel(simcord_env)
+    other = simcord_env.guild.create_text_channel("other")
+    mention = simcord_env.bot.user.mention
+    slow = [f" w{i}" for i in range(40)]
+    fake_ollama.queue(Reply(tokens=slow, token_delay=0.02), Reply(tokens=slow, token_delay=0.02))
+    simcord_env.backend.create_message(general.id, alice.id, f"{mention} one")
+    simcord_env.backend.create_message(other.id, alice.id, f"{mention} two")
+
+    # Both requests are generating at the same moment: one channel does not wait for another.
+    assert await fake_ollama.wait_for_async(lambda f: f.active == 2)
+    await simcord_env.settle()
+    assert bot_messages(general, simcord_env)[0].content == "".join(slow).strip()
+    assert bot_messages(other, simcord_env)[0].content == "".join(slow).strip()
+
+
 # --- input handling --------------------------------------------------------------------------
 
 
@@ -466,6 +485,21 @@ async def test_reasoning_is_never_shown(simcord_env: Env, fake_ollama: FakeOllam
     [reply] = bot_messages(channel, simcord_env)
     assert reply.content == "It is 4."
     assert all("think" not in text for text in edits_of(simcord_env, reply))
+    assert (await stored(simcord_env, channel.id))[-1] == Turn("assistant", "It is 4.")
+
+
+async def test_think_tags_left_in_the_content_by_older_servers_are_hidden(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    channel, alice = setup_channel(simcord_env)
+    fake_ollama.queue(
+        Reply(tokens=["<thi", "nk>", "The user wants", " a sum.", "</think>", "\n\n", "It is 4."])
+    )
+
+    await alice.send(channel, f"{simcord_env.bot.user.mention} what is 2+2?")
+
+    [reply] = bot_messages(channel, simcord_env)
+    assert reply.content == "It is 4."
     assert (await stored(simcord_env, channel.id))[-1] == Turn("assistant", "It is 4.")
 
 

@@ -1,0 +1,113 @@
+"""`python -m bot` as a user starts it: missing token, bad settings, a token Discord rejects."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from bot import Settings, create_bot
+from tests.fake_ollama import FakeOllama
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "MTAxMjM0NTY3ODkw.Gabcde.this-is-a-fake-token-value"
+
+
+def run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OLLAMA_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "bot"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # no .env here
+        env={**clean, "PYTHONPATH": str(ROOT), "HISTORY_STORE": "memory://", **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_missing_token_explains_how_to_get_one(tmp_path: Path) -> None:
+    done = run_bot(tmp_path)
+    assert done.returncode == 2
+    assert "DISCORD_TOKEN is not set" in done.stderr
+    assert "discord.com/developers/applications" in done.stderr
+
+
+def test_invalid_setting_names_the_variable(tmp_path: Path) -> None:
+    done = run_bot(tmp_path, DISCORD_TOKEN=TOKEN, EDIT_INTERVAL="soon")
+    assert done.returncode == 2
+    assert "EDIT_INTERVAL" in done.stderr and "'soon'" in done.stderr
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OLLAMA_URL=not-a-url\n")
+    done = run_bot(tmp_path)
+    assert done.returncode == 2
+    assert "OLLAMA_URL" in done.stderr
+
+
+@pytest.fixture
+def discord_rejecting_tokens() -> Iterator[str]:
+    """A stand-in for Discord's REST API that answers 401 to every token, as Discord does."""
+    import asyncio
+
+    app = web.Application()
+
+    async def unauthorized(request: web.Request) -> web.Response:
+        return web.Response(
+            status=401,
+            text='{"message": "401: Unauthorized", "code": 0}',
+            content_type="application/json",
+        )
+
+    app.router.add_route("*", "/{tail:.*}", unauthorized)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/api/v10"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.run_until_complete(runner.cleanup())
+    loop.close()
+
+
+def test_invalid_token_is_said_plainly_and_never_logged(
+    tmp_path: Path, discord_rejecting_tokens: str, fake_ollama: FakeOllama
+) -> None:
+    done = run_bot(
+        tmp_path,
+        DISCORD_TOKEN=TOKEN,
+        OLLAMA_URL=fake_ollama.url,
+        OLLACORD_DISCORD_API=discord_rejecting_tokens,
+        LOG_LEVEL="DEBUG",
+    )
+    assert done.returncode == 1
+    assert "Discord rejected DISCORD_TOKEN" in done.stderr
+    assert TOKEN not in done.stderr + done.stdout
+    assert "this-is-a-fake-token-value" not in done.stderr + done.stdout
+
+
+async def test_close_releases_the_ollama_session_and_the_store(
+    fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(
+        {"OLLAMA_URL": fake_ollama.url, "HISTORY_STORE": f"sqlite:///{tmp_path}/h.db"}
+    )
+    bot = create_bot(settings)
+    assert await bot.ollama.list_models() == ["llama3.2:latest"]
+    session = bot.ollama._session
+    assert session is not None and not session.closed
+    await bot.close()
+    assert session.closed
+    assert bot.ollama._session is None
