@@ -10,6 +10,7 @@ import signal
 import sys
 
 import discord
+import yarl
 from dotenv import find_dotenv, load_dotenv
 
 from .discord_bot import create_bot
@@ -31,9 +32,11 @@ See README.md, "Discord application setup". (`python -m bot console` needs no to
 
 
 async def run_discord(settings: Settings) -> int:
+    # Test hooks: point discord.py at a fake Discord on 127.0.0.1 (REST and gateway, see tests/).
     if api := os.environ.get("OLLACORD_DISCORD_API"):
-        # Test hook: point discord.py at a fake Discord on 127.0.0.1 (see tests/).
         discord.http.Route.BASE = api
+    if gateway := os.environ.get("OLLACORD_DISCORD_GATEWAY"):
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
     bot = create_bot(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
