@@ -56,17 +56,18 @@ MIN_LIMIT: Final = 16
 MAX_TAG_LEN: Final = 32
 """Longer language tags are not reproduced when a block is reopened (they are not languages)."""
 
-FENCE: Final = "```"
-_FENCE_RE: Final = re.compile(re.escape(FENCE))
+_FENCE: Final = "```"
+_FENCE_RE: Final = re.compile(re.escape(_FENCE))
 # What may follow an opening fence to name a language. Discord only takes it as a language
 # when a newline follows at once: "```py\n" is Python, "```py x" is code starting with "py x".
 _HEADER_RE: Final = re.compile(r"([A-Za-z0-9_+\-.#]*)\r?\n")
 # Appended to a chunk cut inside a code block. The newline keeps the fence from merging with
 # backticks the chunk ends with ("x``" + "```" would count as "`````" = one fence + "``").
-_CLOSING: Final = "\n" + FENCE
-# Room needed in a chunk besides a reopened fence line: one unit of code (at most 3 code
-# points, e.g. a fence) plus the closing fence. Tags are capped so this always fits.
-_REOPEN_OVERHEAD: Final = 3 + 1 + 3 + len(_CLOSING)
+_CLOSING: Final = "\n" + _FENCE
+# Room a chunk starting with a reopened fence line needs besides the tag: the fence and its
+# newline, one indivisible piece of code (at most 3 units, e.g. a fence) and the closing
+# fence. Reproduced tags are capped to leave this much, so every chunk can make progress.
+_REOPEN_OVERHEAD: Final = len(_FENCE) + 1 + 3 + len(_CLOSING)
 
 
 def discord_len(text: str) -> int:
@@ -95,17 +96,17 @@ def _header(text: str, fence_start: int) -> tuple[int, str | None]:
     The tag counts only with its newline in sight: "```py" at the very end of the text may
     still become "```py x" (code) when more text arrives.
     """
-    match = _HEADER_RE.match(text, fence_start + len(FENCE))
+    match = _HEADER_RE.match(text, fence_start + len(_FENCE))
     if match is None:
-        return fence_start + len(FENCE), None
+        return fence_start + len(_FENCE), None
     return match.end(), match.group(1) or None
 
 
 def _fence_line(text: str, fence_start: int, max_tag: int) -> str:
     _, tag = _header(text, fence_start)
     if tag is not None and len(tag) <= max_tag:
-        return FENCE + tag
-    return FENCE
+        return _FENCE + tag
+    return _FENCE
 
 
 def open_fence(text: str) -> str | None:
@@ -138,7 +139,7 @@ def close_open_fence(text: str) -> str:
     if not _is_open(text):
         return text
     trailing_backticks = len(text) - len(text.rstrip("`"))
-    return text + "`" * (len(FENCE) - trailing_backticks % len(FENCE))
+    return text + "`" * (len(_FENCE) - trailing_backticks % len(_FENCE))
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,12 @@ class _Window:
         end = None
         for i, char in enumerate(text):
             run = runs[-1] + 1 if char == "`" else 0
-            fence_done = run > 0 and run % len(FENCE) == 0
+            fence_done = run > 0 and run % len(_FENCE) == 0
             units.append(units[-1] + discord_len(char))
             fences.append(fences[-1] + fence_done)
-            last_fence.append(i + 1 - len(FENCE) if fence_done else last_fence[-1])
+            last_fence.append(i + 1 - len(_FENCE) if fence_done else last_fence[-1])
             runs.append(run)
-            completion = len(FENCE) - run % len(FENCE) if fences[-1] % 2 else 0
+            completion = len(_FENCE) - run % len(_FENCE) if fences[-1] % 2 else 0
             if units[-1] + completion > limit:
                 end = i + 1
                 break
@@ -221,7 +222,7 @@ class _Window:
                 if not text[i - 1].isspace() and self._divisible_at(i):
                     cuts.append(_Cut(i, i, i, -1))
                 i += 1
-        return [cut for cut in cuts if self.size(cut) <= self.limit]
+        return [cut for cut in cuts if self.size(cut) <= self.limit and self.shrinks(cut)]
 
     def _divisible_at(self, pos: int) -> bool:
         before, after = self.text[pos - 1], self.text[pos]
@@ -230,19 +231,30 @@ class _Window:
         # Inside a run of backticks, only between two whole fences: any other cut would change
         # which backticks pair up into fences, in this chunk and in the rest. ("\r\n" needs no
         # rule here: both are whitespace, so it is always dropped whole at a whitespace cut.)
-        return not (before == after == "`" and self.runs[pos] % len(FENCE))
+        return not (before == after == "`" and self.runs[pos] % len(_FENCE))
 
     def tidy(self, cut: _Cut) -> bool:
         """A cut in code must leave code in the chunk (not just "```py" and a closing fence)
-        and must not leave the rest starting with the block's own closing fence (an empty
-        reopened block, which Discord shows as a stray "```py" line)."""
+        and must not leave the rest starting with the block's own closing fence. Either way
+        a message would hold an empty code block, which Discord does not render as one (its
+        syntax wants at least one character of code): the "py" shows up as text."""
         if not self.in_code(cut.end):
             return True
-        return cut.end > self.code_start(cut.end) and not self.text.startswith(FENCE, cut.after)
+        return cut.end > self.code_start(cut.end) and not self.text.startswith(_FENCE, cut.after)
 
-    def progresses(self, cut: _Cut) -> bool:
-        """The rest must be shorter than the input, not the same fence line reopened again."""
-        return not self.in_code(cut.end) or cut.resume > self.code_start(cut.end)
+    def reopen(self, cut: _Cut) -> str:
+        """The fence line the rest starts with ("" if the cut is not inside a code block)."""
+        if not self.in_code(cut.end):
+            return ""
+        return _fence_line(self.text, self.last_fence[cut.end], self.max_tag) + "\n"
+
+    def shrinks(self, cut: _Cut) -> bool:
+        """Whether the rest is shorter than the input: what makes the caller's loop end.
+
+        Not a given inside a code block: cutting right after "```py\\n" would hand back
+        "```py\\n" + the same code, forever.
+        """
+        return cut.resume > len(self.reopen(cut))
 
     def pick(self, cuts: list[_Cut]) -> _Cut | None:
         """The preferred cut: the last paragraph break that leaves at least half a message,
@@ -277,30 +289,29 @@ def take_chunk(text: str, limit: int = DISCORD_LIMIT) -> tuple[str, str]:
     ``limit``; what follows is passed through to ``rest`` untouched, so calling this on a
     growing text gives the same messages as :func:`split_message` on the final text. For the
     same reason whitespace is only dropped as far as that prefix reaches: ``rest`` may start
-    with whitespace (the next cut drops it). If the prefix is nothing but whitespace, there
-    is no message to make: ``chunk`` is "" and ``rest`` drops that whitespace. Callers must
-    skip an empty chunk; it only happens after ``limit`` whitespace characters in a row.
+    with whitespace (the next cut drops it; Discord trims it from a last message anyway). If
+    the prefix is nothing but whitespace, there is no message to make: ``chunk`` is "" and
+    ``rest`` drops that whitespace. Callers must skip an empty chunk; it only happens after
+    about ``limit`` whitespace characters in a row. ``rest`` is always shorter than ``text``,
+    so a loop calling this ends.
 
     Raises ``ValueError`` if ``limit`` < :data:`MIN_LIMIT` or the display of ``text`` fits.
     """
     _check_limit(limit)
     window = _Window(text, limit)
     cuts = window.candidates()
-    cut = window.pick([c for c in cuts if window.tidy(c)]) or window.pick(
-        [c for c in cuts if window.progresses(c)]
-    )
-    if cut is None and window.lead == 0:
-        # Only reachable when a fence line the model wrote is too long to fit with any code:
-        # cut inside it; the rest reopens with a bare fence, which is short.
-        cut = window.pick(cuts)
+    # Untidy cuts (an empty code block on either side) are a last resort: with tiny limits,
+    # a fence line the model wrote too long to fit with any code, or deep indentation.
+    cut = window.pick([c for c in cuts if window.tidy(c)]) or window.pick(cuts)
     if cut is None:
+        if not window.lead:
+            raise AssertionError(f"no cut in {window.text!r}")  # the first character fits
         # Leading whitespace (or all of the window) leaves no room for a message.
         return "", text[window.lead :]
     chunk = window.text[window.lead : cut.end]
-    if not window.in_code(cut.end):
-        return chunk, text[cut.resume :]
-    reopen = _fence_line(window.text, window.last_fence[cut.end], window.max_tag)
-    return chunk + _CLOSING, reopen + "\n" + text[cut.resume :]
+    if window.in_code(cut.end):
+        chunk += _CLOSING
+    return chunk, window.reopen(cut) + text[cut.resume :]
 
 
 def split_message(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
@@ -315,7 +326,8 @@ def split_message(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
     _check_limit(limit)
     chunks: list[str] = []
     rest = text
-    while discord_len(close_open_fence(rest)) > limit:
+    # len() first: measuring the display of a long rest on every round would be quadratic.
+    while len(rest) > limit or discord_len(close_open_fence(rest)) > limit:
         chunk, rest = take_chunk(rest, limit)
         if chunk:
             chunks.append(chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -48,7 +49,7 @@ def stream(pieces: list[str], limit: int) -> list[str]:
 
 def pieces_of(text: str, cuts: list[int]) -> list[str]:
     bounds = sorted({0, len(text), *cuts})
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in pairwise(bounds)]
 
 
 _REOPEN = re.compile(r"```[A-Za-z0-9_+\-.#]*\n")
@@ -63,8 +64,19 @@ def original_parts(chunks: list[str], original: str) -> list[str] | None:
     reopening it at the start of the next chunk, and 1-3 backticks closing the last chunk.
     Which fences are added cannot be read off the chunks alone ("```py\\nx\\n```" may be the
     model's own block), so this searches for a reading that matches ``original``: each part
-    must be an exact slice of it, and what lies between the parts must be whitespace.
+    must be an exact slice of it, what lies between the parts must be whitespace, and no part
+    may start or end inside one of the original's fences or surrogate pairs.
     """
+    indivisible = {
+        inside
+        for fence in re.finditer("```", original)
+        for inside in range(fence.start() + 1, fence.end())
+    }
+    indivisible |= {
+        i + 1
+        for i in range(len(original) - 1)
+        if "\ud800" <= original[i] <= "\udbff" and "\udc00" <= original[i + 1] <= "\udfff"
+    }
     last = len(chunks) - 1
     seen: set[tuple[int, int, bool]] = set()
     todo: list[tuple[int, int, bool, tuple[str, ...]]] = [(0, 0, False, ())]
@@ -94,7 +106,9 @@ def original_parts(chunks: list[str], original: str) -> list[str] | None:
         for body, closed in readings:
             start = pos
             while True:
-                if original.startswith(body, start):
+                end = start + len(body)
+                clean = start not in indivisible and end not in indivisible
+                if clean and original.startswith(body, start):
                     todo.append((index + 1, start + len(body), closed, (*parts, body)))
                 if start < len(original) and original[start].isspace():
                     start += 1
@@ -251,6 +265,7 @@ def test_take_chunk_contract(text: str, data: st.DataObject) -> None:
             take_chunk(text, limit)
         return
     chunk, rest = take_chunk(text, limit)
+    assert len(rest) < len(text)  # so the caller's loop always ends
     if chunk:
         assert_valid([chunk], limit)
     else:  # nothing but whitespace fits: it is dropped, and nothing else
@@ -281,7 +296,7 @@ def test_code_lines_that_fit_are_never_cut(data: st.DataObject, limit: int, tag:
     # At most one blank line in a row: a longer run of blank lines can reach past the part
     # of the text a cut is decided on (see take_chunk), and then the reopened block starts
     # with a leftover blank line, which costs a character of room (Discord hides it).
-    lines = [first] + [b for a, b in zip([first, *others], others, strict=False) if a or b]
+    lines = [first] + [b for a, b in pairwise([first, *others]) if a or b]
     text = f"```{tag}\n" + "\n".join(lines) + "\n```"
     chunks = split_message(text, limit)
     assert_valid(chunks, limit)
@@ -391,6 +406,13 @@ def test_surrogate_pairs_given_as_code_points_are_never_split() -> None:
     assert all(not chunk.endswith("\ud83d") for chunk in chunks)
 
 
+def test_runs_of_backticks_are_only_cut_between_whole_fences() -> None:
+    text = "`" * 100 + "x" * 30 + "````" * 10
+    chunks = split_message(text, 16)
+    assert_valid(chunks, 16)
+    assert_carries(chunks, text)
+
+
 def test_crlf_text_is_cut_between_lines_never_inside_a_line_break() -> None:
     lines = [f"line {n:03} of a windows text file" for n in range(120)]
     text = "\r\n".join(lines)
@@ -441,6 +463,21 @@ def test_model_closing_fence_is_kept_instead_of_reopening_an_empty_block() -> No
     chunks = split_message(text, 30)
     assert chunks[0] == "```\n" + "x" * 20 + "\n```"
     assert not any(re.fullmatch(r"```\w*\n```", chunk) for chunk in chunks)
+
+
+def test_blank_line_before_the_closing_fence_does_not_leave_an_empty_block() -> None:
+    # The blank line is a paragraph break, but cutting there would start the next message
+    # with "```py\n```": an empty block, which Discord shows as a stray "py" line.
+    text = "```py\n" + "x" * 20 + "\n\n```\nafter the code"
+    chunks = split_message(text, 31)
+    assert chunks == ["```py\n" + "x" * 20 + "\n\n```", "after the code"]
+
+
+def test_no_cut_right_after_an_opening_fence_line() -> None:
+    # The last line break in range ends "```py": cutting there gives an empty block.
+    chunks = split_message("Intro\n```py\n" + "y" * 40, 30)
+    assert chunks[0] == "Intro"
+    assert chunks[1].startswith("```py\nyyy")
 
 
 def test_unterminated_code_block_is_closed_at_the_end() -> None:
