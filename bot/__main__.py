@@ -50,7 +50,8 @@ async def run_discord(settings: Settings) -> int:
         if runner.done():
             runner.result()  # raises the reason the bot stopped
             return 0
-        log.info("event=shutdown reason=signal")
+        log.info("event=signal action=graceful_shutdown")
+        await bot.shutdown()
         return 0
     except discord.LoginFailure:
         print(
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, secrets=[settings.discord_token])
+    configure_logging(
+        settings.log_level,
+        json_format=settings.log_format == "json",
+        secrets=[settings.discord_token],
+    )
     if args[:1] == ["console"]:
         from .console import run_console
 

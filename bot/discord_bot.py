@@ -12,17 +12,32 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import discord
 from discord import app_commands
 
 from .conversation import ChatEngine, Clock
+from .health import HealthServer
 from .history_store import HistoryStore, open_history_store
-from .ollama import OllamaClient, OllamaError, model_matches
+from .metrics import Metrics, RateLimitLogCounter
+from .model_manager import ModelManager, PullTracker
+from .ollama import OllamaClient, OllamaError
 from .reply_writer import EditThrottle, ReplyWriter
 from .settings import Settings
-from .user_messages import HINT, INTERNAL_ERROR, RESET_DONE, RESET_STOPPED
+from .user_messages import (
+    HINT,
+    INTERNAL_ERROR,
+    NOT_ADMIN,
+    RESET_DONE,
+    RESET_STOPPED,
+    RESTART_NOTE,
+    RESTARTING,
+    pull_failed,
+    pull_progress,
+    pull_succeeded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +60,9 @@ def conversation_id(channel_id: int) -> str:
 class DiscordReplyTarget:
     """The messages of one reply: the first is a Discord reply to the user's message."""
 
-    def __init__(self, source: discord.Message) -> None:
+    def __init__(self, source: discord.Message, metrics: Metrics | None = None) -> None:
         self.source = source
+        self.metrics = metrics
         self.messages: list[discord.Message | None] = []
 
     async def send(self, index: int, text: str) -> None:
@@ -54,7 +70,11 @@ class DiscordReplyTarget:
         reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
         try:
             message = await self.source.channel.send(text, reference=reference)  # type: ignore[arg-type]
+            if self.metrics:
+                self.metrics.discord_updates.labels(kind="send").inc()
         except discord.HTTPException as exc:
+            if self.metrics:
+                self.metrics.discord_failures.labels(kind="send").inc()
             log.error(
                 "event=discord_send_failed channel=%s index=%d status=%s code=%s cause=%r",
                 self.source.channel.id,
@@ -72,7 +92,11 @@ class DiscordReplyTarget:
             return
         try:
             await message.edit(content=text)
+            if self.metrics:
+                self.metrics.discord_updates.labels(kind="edit").inc()
         except discord.HTTPException as exc:
+            if self.metrics:
+                self.metrics.discord_failures.labels(kind="edit").inc()
             # A failed edit must not end the reply: the next update carries the full text again.
             log.error(
                 "event=discord_edit_failed channel=%s message=%s status=%s code=%s cause=%r",
@@ -106,11 +130,35 @@ class OllacordBot(discord.Client):
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
-        self.engine = ChatEngine(self.ollama, self.store, settings, clock=clock)
+        self.metrics = Metrics()
+        self.models = ModelManager(
+            self.ollama,
+            settings.ollama_model,
+            auto_pull=settings.auto_pull,
+            keep_alive=settings.ollama_keep_alive,
+            clock=clock,
+        )
+        self.engine = ChatEngine(
+            self.ollama,
+            self.store,
+            settings,
+            clock=clock,
+            metrics=self.metrics,
+            gate=self.models.busy_message,
+        )
         self.tree = app_commands.CommandTree(self)
+        self.gateway_connected = False
         self._throttles: dict[int, EditThrottle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._closed_resources = False
+        self._rate_limit_counter = RateLimitLogCounter(self.metrics)
+        self._health = (
+            HealthServer(
+                self.health_status, self.metrics, settings.health_host, settings.health_port
+            )
+            if settings.health_port
+            else None
+        )
         self._register_commands()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -119,31 +167,45 @@ class OllacordBot(discord.Client):
         opener = getattr(self.store, "open", None)
         if opener is not None:
             await opener()
+        logging.getLogger("discord.http").addHandler(self._rate_limit_counter)
+        if self._health is not None:
+            await self._health.start()
         # Slash commands only exist once synced; an unsynced /reset fails for users.
         await self.tree.sync()
-        task = asyncio.create_task(self.check_ollama())
+        # Ollama may be down or the model missing: Discord comes up regardless, and this
+        # settles the model in the background (retry, pull, preload).
+        self._spawn(self.models.run())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def check_ollama(self) -> None:
-        """Say in the log, at start-up, whether Ollama answers and has the model."""
-        model = self.settings.ollama_model
+    async def on_connect(self) -> None:
+        self.gateway_connected = True
+
+    async def on_resumed(self) -> None:
+        self.gateway_connected = True
+
+    async def on_disconnect(self) -> None:
+        self.gateway_connected = False
+
+    async def health_status(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when the gateway is connected and the store answers; Ollama is reported."""
+        store_ok = True
         try:
-            models = await self.ollama.list_models()
-        except OllamaError as exc:
-            log.error("event=ollama_check ok=false url=%s cause=%r", self.ollama.base_url, str(exc))
-            return
-        if any(model_matches(model, name) for name in models):
-            log.info("event=ollama_check ok=true url=%s model=%s", self.ollama.base_url, model)
-        else:
-            log.warning(
-                "event=ollama_check ok=false url=%s model=%s cause='model not pulled' "
-                "fix='ollama pull %s' available=%s",
-                self.ollama.base_url,
-                model,
-                model,
-                ",".join(models) or "-",
-            )
+            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+        except Exception as exc:
+            store_ok = False
+            log.error("event=health store_ok=false cause=%r", str(exc))
+        gateway_ok = self.gateway_connected and not self.is_closed()
+        body: dict[str, Any] = {
+            "gateway": "connected" if gateway_ok else "disconnected",
+            "store": "ok" if store_ok else "failing",
+            "ollama": self.models.status(),
+            "shutting_down": self.engine.closing,
+        }
+        return gateway_ok and store_ok, body
 
     async def on_ready(self) -> None:
         user = self.user
@@ -163,8 +225,18 @@ class OllacordBot(discord.Client):
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        logging.getLogger("discord.http").removeHandler(self._rate_limit_counter)
+        if self._health is not None:
+            await self._health.stop()
         await self.ollama.close()
         await self.store.close()
+
+    async def shutdown(self) -> None:
+        """Graceful stop (SIGTERM): no new mentions, replies in flight get SHUTDOWN_GRACE
+        seconds to finish, the rest end with a visible note; then everything is closed."""
+        log.info("event=shutdown grace=%.1fs", self.settings.shutdown_grace)
+        await self.engine.shutdown(grace=self.settings.shutdown_grace, stop_note=RESTART_NOTE)
+        await self.close()
 
     async def close(self) -> None:
         await super().close()
@@ -208,6 +280,13 @@ class OllacordBot(discord.Client):
         # Bots (ourselves included) are ignored so that two bots can never talk in a loop.
         if message.author.bot or not self.is_for_me(message):
             return
+        if self.engine.closing:
+            # Stop taking new mentions during a graceful shutdown; say so rather than ignore.
+            with contextlib.suppress(discord.HTTPException):
+                await message.channel.send(
+                    RESTARTING, reference=message.to_reference(fail_if_not_exists=False)
+                )
+            return
         text = self.prompt_text(message)
         if not text:
             name = self.user.display_name if self.user else "bot"
@@ -224,7 +303,7 @@ class OllacordBot(discord.Client):
         if throttle is None:
             throttle = EditThrottle(self.settings.edit_interval, self.clock)
             self._throttles[message.channel.id] = throttle
-        target = DiscordReplyTarget(message)
+        target = DiscordReplyTarget(message, self.metrics)
         writer = ReplyWriter(target, throttle)
         typing = asyncio.create_task(self._keep_typing(message.channel))
 
@@ -280,6 +359,66 @@ class OllacordBot(discord.Client):
                 interaction.user.id,
             )
             await interaction.response.send_message(RESET_DONE, ephemeral=True)
+
+        @self.tree.command(name="pull", description="Download a model into Ollama (admins only)")
+        @app_commands.describe(model="The model to pull, e.g. llama3.2 or qwen3:8b")
+        async def pull(interaction: discord.Interaction, model: str) -> None:
+            await self.pull_command(interaction, model.strip())
+
+    def is_admin(self, interaction: discord.Interaction) -> bool:
+        """ADMIN_USER_IDS, or Manage Server in the guild the command is used in. Checked by
+        the bot itself: Discord's command visibility settings are not enough."""
+        if interaction.user.id in self.settings.admin_user_ids:
+            return True
+        return interaction.guild is not None and interaction.permissions.manage_guild
+
+    async def pull_command(self, interaction: discord.Interaction, model: str) -> None:
+        if not self.is_admin(interaction):
+            log.info("event=pull_refused user=%s model=%s", interaction.user.id, model)
+            await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
+            return
+        # A pull takes minutes: acknowledge within Discord's 3 s, then edit one message.
+        await interaction.response.defer(thinking=True)
+        log.info("event=pull_command user=%s model=%s", interaction.user.id, model)
+        message = PullStatusMessage(interaction, self.clock)
+        throttle = EditThrottle(1.0, self.clock)
+
+        async def show(tracker: PullTracker) -> None:
+            if throttle.ready():
+                throttle.mark()
+                await message.update(pull_progress(model, tracker))
+
+        try:
+            tracker = await self.models.pull(model, on_progress=show)
+        except OllamaError as exc:
+            await message.update(pull_failed(model, exc))
+            return
+        await message.update(pull_succeeded(model, tracker))
+
+
+class PullStatusMessage:
+    """One message showing a pull's progress. It starts as the deferred interaction response;
+    interaction tokens expire after 15 minutes, so a longer pull continues in a normal
+    channel message."""
+
+    TOKEN_LIFETIME = 14 * 60.0
+
+    def __init__(self, interaction: discord.Interaction, clock: Clock) -> None:
+        self.interaction = interaction
+        self.clock = clock
+        self.started = clock()
+        self.channel_message: discord.Message | None = None
+
+    async def update(self, text: str) -> None:
+        try:
+            if self.channel_message is not None:
+                await self.channel_message.edit(content=text)
+            elif self.clock() - self.started < self.TOKEN_LIFETIME:
+                await self.interaction.edit_original_response(content=text)
+            elif isinstance(self.interaction.channel, discord.abc.Messageable):
+                self.channel_message = await self.interaction.channel.send(text)
+        except discord.HTTPException as exc:
+            log.warning("event=pull_message_failed status=%s cause=%r", exc.status, exc.text)
 
 
 def create_bot(settings: Settings, *, clock: Clock = time.monotonic) -> OllacordBot:

@@ -44,6 +44,10 @@ class HistoryStore(Protocol):
 
     async def clear(self, conversation: str) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise if the store cannot answer (for /healthz)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -62,6 +66,9 @@ class MemoryHistoryStore:
 
     async def clear(self, conversation: str) -> None:
         self._turns.pop(conversation, None)
+
+    async def ping(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -147,6 +154,9 @@ class SqliteHistoryStore:
         db = self._connect()
         with _transaction(db):
             db.execute("DELETE FROM turns WHERE conversation = ?", (conversation,))
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._connect().execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
         if self._db is not None:

@@ -123,6 +123,25 @@ class ChatChunk:
         )
 
 
+@dataclass(frozen=True)
+class PullProgress:
+    """One line of ``/api/pull`` progress. ``total``/``completed`` are bytes of one layer."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> PullProgress:
+        return cls(
+            status=str(obj.get("status", "")),
+            digest=str(obj.get("digest", "")),
+            total=int(obj.get("total") or 0),
+            completed=int(obj.get("completed") or 0),
+        )
+
+
 # --- client -------------------------------------------------------------------------------
 
 
@@ -290,6 +309,64 @@ class OllamaClient:
         if response.status == 503:
             return OllamaBusy(503, message)
         return OllamaRequestError(response.status, message[:500])
+
+    async def pull(self, model: str) -> AsyncGenerator[PullProgress, None]:
+        """Stream ``POST /api/pull`` progress (§6). Raises :class:`OllamaError` on failure,
+        including the ``{"error"}`` line an unknown model gets after a 200."""
+        session = self._get_session()
+        try:
+            async with session.post(
+                f"{self.base_url}/api/pull",
+                data=json.dumps({"model": model, "stream": True}).encode(),
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                if response.status >= 400:
+                    raise await self._status_error(model, response)
+                decoder = NdjsonDecoder()
+                success = False
+                async for data in response.content.iter_any():
+                    for obj in decoder.feed(data):
+                        if "error" in obj:
+                            raise OllamaRequestError(response.status, str(obj["error"]))
+                        progress = PullProgress.from_json(obj)
+                        success = success or progress.status == "success"
+                        yield progress
+                for obj in decoder.finish():
+                    if "error" in obj:
+                        raise OllamaRequestError(response.status, str(obj["error"]))
+                    progress = PullProgress.from_json(obj)
+                    success = success or progress.status == "success"
+                    yield progress
+                if not success:
+                    raise StreamInterrupted("incomplete", "the pull ended before it succeeded")
+        except NdjsonError as exc:
+            raise StreamInterrupted("malformed", str(exc)) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise OllamaUnavailable(self.base_url, _connector_reason(exc)) from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            raise StreamInterrupted("dropped", f"the connection was cut ({exc})") from exc
+        except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
+            raise OllamaTimeout(self.read_timeout, started=True) from exc
+
+    async def preload(self, model: str, keep_alive: str | float | None = None) -> None:
+        """Load the model into memory now (a chat request with no messages, §4.2), so the
+        first user does not wait for the load."""
+        body: dict[str, Any] = {"model": model}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        try:
+            async with self._get_session().post(
+                f"{self.base_url}/api/chat",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                if response.status >= 400:
+                    raise await self._status_error(model, response)
+                await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise OllamaUnavailable(self.base_url, _connector_reason(exc)) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OllamaUnavailable(self.base_url, str(exc) or type(exc).__name__) from exc
 
     async def list_models(self) -> list[str]:
         """Names from ``GET /api/tags`` (always tagged, e.g. ``llama3.2:latest``)."""

@@ -37,6 +37,12 @@ class Settings:
     read_timeout: float = 300.0
     message_content_intent: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"
+    auto_pull: bool = True
+    health_host: str = "0.0.0.0"
+    health_port: int = 8080
+    shutdown_grace: float = 8.0
+    admin_user_ids: frozenset[int] = frozenset()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -83,6 +89,22 @@ class Settings:
             values["read_timeout"] = _parse_float("OLLAMA_READ_TIMEOUT", timeout, minimum=1.0)
         if (intent := get("MESSAGE_CONTENT_INTENT")) is not None:
             values["message_content_intent"] = _parse_bool("MESSAGE_CONTENT_INTENT", intent)
+        if (fmt := get("LOG_FORMAT")) is not None:
+            if fmt.lower() not in {"text", "json"}:
+                raise ConfigError(f"LOG_FORMAT must be text or json, not {fmt!r}")
+            values["log_format"] = fmt.lower()
+        if (auto_pull := get("AUTO_PULL")) is not None:
+            values["auto_pull"] = _parse_bool("AUTO_PULL", auto_pull)
+        if (host := get("HEALTH_HOST")) is not None:
+            values["health_host"] = host
+        if (port := get("HEALTH_PORT")) is not None:
+            values["health_port"] = _parse_int("HEALTH_PORT", port, minimum=0)
+            if values["health_port"] > 65535:
+                raise ConfigError(f"HEALTH_PORT must be a port number (0 disables), not {port!r}")
+        if (grace := get("SHUTDOWN_GRACE")) is not None:
+            values["shutdown_grace"] = _parse_float("SHUTDOWN_GRACE", grace, minimum=0.0)
+        if (admins := get("ADMIN_USER_IDS")) is not None:
+            values["admin_user_ids"] = parse_id_list("ADMIN_USER_IDS", admins)
         if (level := get("LOG_LEVEL")) is not None:
             level = level.upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -94,6 +116,19 @@ class Settings:
         """A one-line summary for the start-up log; the token is never part of it."""
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "discord_token"}
         return " ".join(f"{name}={value!r}" for name, value in shown.items())
+
+
+def parse_id_list(name: str, value: str) -> frozenset[int]:
+    """Discord ids separated by commas or spaces; a bad entry names the variable and value."""
+    ids: set[int] = set()
+    for entry in value.replace(",", " ").split():
+        if not entry.isdigit() or not 15 <= len(entry) <= 21:
+            raise ConfigError(
+                f"{name} must list Discord ids (numbers like 123456789012345678) separated by "
+                f"commas; {entry!r} is not one"
+            )
+        ids.add(int(entry))
+    return frozenset(ids)
 
 
 def _parse_url(name: str, value: str) -> str:

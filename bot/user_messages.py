@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .model_manager import PullTracker
 from .ollama import (
     ModelNotFound,
     OllamaBusy,
@@ -24,6 +25,12 @@ TOO_LONG = (
 RESET_DONE = "🧹 Done: I forgot this conversation. The next message starts fresh."
 RESET_STOPPED = "*(stopped: the conversation was reset)*"
 INTERRUPTED = "*(interrupted, please ask again)*"
+RESTART_NOTE = "*(interrupted by a restart, please ask again)*"
+RESTARTING = "⏳ I'm restarting right now. Please ask again in a moment."
+NOT_ADMIN = (
+    "⛔ Only the bot's admins (ADMIN_USER_IDS) or members with the Manage Server permission "
+    "can do that."
+)
 INTERNAL_ERROR = (
     "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
 )
@@ -75,3 +82,24 @@ def cut_off_reason(error: OllamaError) -> str:
 def cut_off_note(error: OllamaError) -> str:
     """Appended to a reply that was cut off mid-stream (the text already shown stays)."""
     return f"⚠️ *(reply cut off: {cut_off_reason(error)})*"
+
+
+def progress_bar(percent: int, width: int = 20) -> str:
+    filled = max(0, min(width, round(width * percent / 100)))
+    return "█" * filled + "░" * (width - filled)
+
+
+def pull_progress(model: str, tracker: PullTracker) -> str:
+    return f"⬇️ Pulling `{model}`: `{progress_bar(tracker.percent)}` {tracker.describe()}"
+
+
+def pull_succeeded(model: str, tracker: PullTracker) -> str:
+    size = f" ({tracker.total / 1048576:,.0f} MB)" if tracker.total else ""
+    return f"✅ `{model}` is ready{size}."
+
+
+def pull_failed(model: str, error: OllamaError) -> str:
+    if isinstance(error, OllamaUnavailable):
+        return f"⚠️ Pulling `{model}` failed: I can't reach Ollama at {error.url} ({error.reason})."
+    detail = error.message if isinstance(error, OllamaRequestError) else str(error)
+    return f"⚠️ Pulling `{model}` failed: {detail}"

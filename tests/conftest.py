@@ -47,6 +47,7 @@ def settings_for(fake: FakeOllama, env: Mapping[str, str] | None = None) -> Sett
         "OLLAMA_MODEL": "llama3.2",
         "HISTORY_STORE": "memory://",
         "EDIT_INTERVAL": "1.0",
+        "HEALTH_PORT": "0",
     }
     base.update(env or {})
     return Settings.from_env(base)
@@ -78,6 +79,10 @@ async def simcord_bot(
     fake_ollama: FakeOllama, clock: SteppingClock, bot_env: dict[str, str]
 ) -> AsyncIterator[OllacordBot]:
     bot = OllacordBot(settings_for(fake_ollama, bot_env), clock=clock)
+    # While Ollama is unreachable the bot retries in the background every few seconds; under
+    # SimCord a sleep shorter than the settle timeout is waited out for real, so retry later
+    # than any test lasts (the retry itself is tested without SimCord).
+    bot.models.retry_delays = (3600.0,)
     yield bot
     # SimCord never calls bot.close(): release the Ollama session and the store ourselves.
     await bot.close_resources()

@@ -1,0 +1,77 @@
+"""Prometheus metrics, in a registry of the bot's own (one per bot, so tests can make many)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Seconds: from a second (warm model) to minutes (cold load on a CPU).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class Metrics:
+    """Everything the bot counts. Updated by the engine and the Discord layer."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.replies = Counter("ollacord_replies", "Replies by outcome", ["outcome"], registry=r)
+        self.tokens = Counter(
+            "ollacord_tokens_streamed", "Content chunks (tokens) streamed from Ollama", registry=r
+        )
+        self.time_to_first_token = Histogram(
+            "ollacord_time_to_first_token_seconds",
+            "From starting the Ollama request to the first visible text",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reply_duration = Histogram(
+            "ollacord_reply_duration_seconds",
+            "From starting the Ollama request to the final text",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.discord_updates = Counter(
+            "ollacord_discord_updates",
+            "Discord messages sent and edited for replies",
+            ["kind"],
+            registry=r,
+        )
+        self.discord_failures = Counter(
+            "ollacord_discord_failures", "Discord sends and edits that failed", ["kind"], registry=r
+        )
+        self.discord_rate_limited = Counter(
+            "ollacord_discord_rate_limited", "HTTP 429 answers seen from Discord", registry=r
+        )
+        self.ollama_errors = Counter(
+            "ollacord_ollama_errors", "Ollama failures by kind", ["kind"], registry=r
+        )
+        self.requests_waiting = Gauge(
+            "ollacord_requests_waiting",
+            "Messages waiting for an earlier reply in the same channel",
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "ollacord_requests_in_flight", "Replies being generated now", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RateLimitLogCounter(logging.Handler):
+    """Counts discord.py's own "We are being rate limited" warnings: discord.py handles 429s
+    internally (sleeps and retries), and this log line is the one trace it leaves."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(logging.WARNING)
+        self.metrics = metrics
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "rate limited" in str(record.msg):
+            self.metrics.discord_rate_limited.inc()
