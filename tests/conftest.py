@@ -6,7 +6,9 @@ Per-test bot settings go through ``@pytest.mark.bot_env(NAME=value, ...)`` with 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -86,3 +88,17 @@ async def simcord_bot(
     yield bot
     # SimCord never calls bot.close(): release the Ollama session and the store ourselves.
     await bot.close_resources()
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Let the bot run (it shares this event loop) until ``predicate()`` holds.
+
+    Waits with real time in a worker thread: SimCord virtualises the bot's timers, and the
+    test must not block the loop the bot runs on.
+    """
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.to_thread(time.sleep, 0.01)
+    return True

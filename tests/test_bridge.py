@@ -17,7 +17,7 @@ from simcord import Env
 from bot import OllacordBot
 from bot.history_store import Turn
 from bot.user_messages import RESET_DONE, RESET_STOPPED
-from tests.conftest import SteppingClock, settings_for
+from tests.conftest import SteppingClock, settings_for, until
 from tests.fake_ollama import FakeOllama, Reply
 
 
@@ -271,8 +271,8 @@ async def test_reset_stops_a_reply_that_is_still_streaming(
     simcord_env.backend.create_message(
         channel.id, alice.id, f"{simcord_env.bot.user.mention} talk for a long time"
     )
-    # Wait in a thread: the bot runs on this event loop and must keep going meanwhile.
-    assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.active == 1)
+    # Wait until the reply shows its first words, then reset mid-stream.
+    assert await until(lambda: bool(bot_messages(channel, simcord_env)))
 
     result = await alice.slash(channel, "reset")
     await simcord_env.settle()

@@ -1,0 +1,75 @@
+"""Graceful shutdown inside the bot: replies in flight finish or end with a visible note."""
+
+from __future__ import annotations
+
+from simcord import Env
+
+from bot import OllacordBot
+from bot.user_messages import RESTART_NOTE, RESTARTING
+from tests.conftest import until
+from tests.fake_ollama import FakeOllama, Reply
+
+
+def bot_of(env: Env) -> OllacordBot:
+    assert isinstance(env.bot, OllacordBot)
+    return env.bot
+
+
+async def test_shutdown_interrupts_long_replies_and_queued_ones_with_a_note(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    guild = simcord_env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(simcord_env.create_user("alice"))
+    mention = simcord_env.bot.user.mention
+    await alice.send(channel, f"{mention} a finished exchange")
+    fake_ollama.queue(Reply(tokens=[f" w{i}" for i in range(500)], token_delay=0.02))
+    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} long one")
+    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} queued behind it")
+    bot_id = simcord_env.bot.user.id
+    # Wait for the long reply's first words on Discord (not only for Ollama to start).
+    assert await until(lambda: sum(m.author.id == bot_id for m in channel.history()) == 2)
+
+    await bot_of(simcord_env).engine.shutdown(grace=0.2, stop_note=RESTART_NOTE)
+    await simcord_env.settle()
+
+    replies = [m.content for m in channel.history() if m.author.id == simcord_env.bot.user.id]
+    assert replies[0] == "You said: alice: a finished exchange"
+    assert replies[1].startswith("w0") and replies[1].endswith(RESTART_NOTE)
+    assert replies[2] == RESTART_NOTE  # the queued message is told too
+    # Only the completed exchange is in the history.
+    history = await bot_of(simcord_env).store.load(f"discord:{channel.id}")
+    assert [t.content for t in history] == [
+        "alice: a finished exchange",
+        "You said: alice: a finished exchange",
+    ]
+    assert await fake_ollama.wait_for_async(lambda f: f.cancelled == 1)
+
+
+async def test_replies_that_finish_within_the_grace_period_complete(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    guild = simcord_env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(simcord_env.create_user("alice"))
+    fake_ollama.queue(Reply(tokens=["quick", " answer"], token_delay=0.05))
+    simcord_env.backend.create_message(channel.id, alice.id, f"{simcord_env.bot.user.mention} hi")
+    assert await fake_ollama.wait_for_async(lambda f: f.active == 1)
+
+    await bot_of(simcord_env).engine.shutdown(grace=5.0, stop_note=RESTART_NOTE)
+    await simcord_env.settle()
+
+    assert channel.last_message.content == "quick answer"
+    assert len(await bot_of(simcord_env).store.load(f"discord:{channel.id}")) == 2
+
+
+async def test_no_new_mentions_are_taken_while_shutting_down(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    guild = simcord_env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(simcord_env.create_user("alice"))
+    await bot_of(simcord_env).engine.shutdown(grace=0, stop_note=RESTART_NOTE)
+    await alice.send(channel, f"{simcord_env.bot.user.mention} are you there?")
+    assert channel.last_message.content == RESTARTING
+    assert fake_ollama.chat_requests == []
