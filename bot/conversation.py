@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+# After the grace period, how long interrupted replies get to write their closing note.
+NOTE_SECONDS = 1.5
+
 
 class ReplySink(Protocol):
     """Where the reply text goes as it streams (Discord messages, or the terminal)."""
@@ -336,8 +339,9 @@ class ChatEngine:
             task.cancel()
         if still_running:
             log.info("event=shutdown_interrupt replies=%d", len(still_running))
-            # Each cancelled reply writes its note; give those edits a moment to go out.
-            await asyncio.wait(still_running, timeout=5.0)
+            # Each cancelled reply writes its note; give those edits a moment to go out, within
+            # Docker's 10 s stop timeout (SHUTDOWN_GRACE defaults to 8 s).
+            await asyncio.wait(still_running, timeout=NOTE_SECONDS)
 
 
 def error_kind(error: OllamaError) -> str:
