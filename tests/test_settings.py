@@ -103,3 +103,42 @@ def test_settings_are_frozen() -> None:
     settings = Settings.from_env({})
     with pytest.raises(AttributeError):
         settings.ollama_model = "other"  # type: ignore[misc]
+
+
+def test_operations_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "AUTO_PULL": "off",
+            "HEALTH_PORT": "0",
+            "HEALTH_HOST": "127.0.0.1",
+            "SHUTDOWN_GRACE": "3.5",
+            "ADMIN_USER_IDS": "123456789012345678, 223456789012345678",
+            "LOG_FORMAT": "JSON",
+        }
+    )
+    assert settings.auto_pull is False
+    assert settings.health_port == 0
+    assert settings.health_host == "127.0.0.1"
+    assert settings.shutdown_grace == 3.5
+    assert settings.admin_user_ids == {123456789012345678, 223456789012345678}
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("ADMIN_USER_IDS", "123456789012345678,@alice", "'@alice'"),
+        ("ADMIN_USER_IDS", "42", "'42'"),
+        ("HEALTH_PORT", "70000", "'70000'"),
+        ("HEALTH_PORT", "http", "'http'"),
+        ("SHUTDOWN_GRACE", "-2", "'-2'"),
+        ("LOG_FORMAT", "xml", "'xml'"),
+        ("AUTO_PULL", "sometimes", "'sometimes'"),
+    ],
+)
+def test_bad_operations_values_name_the_variable_and_value(
+    name: str, value: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value) and shown in str(info.value)
