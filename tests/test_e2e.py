@@ -1,0 +1,242 @@
+"""End to end, out of process: `python -m bot` as a subprocess, against a fake Discord (REST +
+gateway) and the fake Ollama, both on 127.0.0.1. Real clock, real signals, real restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.user_messages import RESTART_NOTE
+from tests.fake_discord import FakeDiscord
+from tests.fake_ollama import FakeOllama, Reply
+from tests.test_container import healthcheck_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@dataclass
+class World:
+    """The fakes, a guild with #general and alice, and a way to start the bot process."""
+
+    discord: FakeDiscord
+    ollama: FakeOllama
+    tmp: Path
+    channel: int = 0
+    alice: int = 0
+    health_port: int = 0
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "data" / "history.db"
+
+    def start_bot(self, **env: str) -> subprocess.Popen[str]:
+        identifies = self.discord.identifies
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OLLAMA_"))}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot"],
+            cwd=self.tmp,
+            env={
+                **clean,
+                "PYTHONPATH": str(ROOT),
+                "DISCORD_TOKEN": "fake-token",
+                "OLLACORD_DISCORD_API": self.discord.api_url,
+                "OLLACORD_DISCORD_GATEWAY": self.discord.gateway_url,
+                "OLLAMA_URL": self.ollama.url,
+                "OLLAMA_MODEL": "llama3.2",
+                "HISTORY_STORE": f"sqlite:///{self.db}",
+                "HEALTH_HOST": "127.0.0.1",
+                "HEALTH_PORT": str(self.health_port),
+                "EDIT_INTERVAL": "1.0",
+                "SHUTDOWN_GRACE": "1",
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.processes.append(proc)
+        ready = eventually(lambda: self.discord.identifies > identifies, 20)
+        assert ready and self.discord.wait_until_ready(10), self.output(proc)
+        # Ready once slash commands are synced (they are synced before the gateway connects).
+        assert eventually(lambda: "reset" in self.discord.commands, 10)
+        return proc
+
+    def output(self, proc: subprocess.Popen[str]) -> str:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate(timeout=10)
+        return out
+
+    def bot_messages(self) -> list[dict[str, Any]]:
+        bot_id = str(self.discord.application_id)
+        return [m for m in self.discord.messages(self.channel) if m["author"]["id"] == bot_id]
+
+    def mention(self, text: str) -> int:
+        return self.discord.user_message(self.channel, self.alice, text, mention_bot=True)
+
+    def health(self, path: str = "/healthz") -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}{path}", timeout=5
+            ) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def stored_turns(self) -> list[tuple[str, str]]:
+        with sqlite3.connect(self.db) as db:
+            return db.execute("SELECT role, content FROM turns ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    marker = request.node.get_closest_marker("fake_ollama")
+    options: dict[str, Any] = {"models": ("llama3.2",)}
+    options.update(marker.kwargs if marker else {})
+    with FakeDiscord() as discord, FakeOllama(**options) as ollama:
+        w = World(discord, ollama, tmp_path, health_port=free_port())
+        guild = discord.create_guild()
+        w.channel = discord.create_channel(guild, "general")
+        w.alice = discord.create_user("alice", global_name="Alice")
+        yield w
+        for proc in w.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+
+
+def test_a_mention_gets_a_streamed_reply_and_health_and_metrics_report_it(world: World) -> None:
+    proc = world.start_bot()
+    world.ollama.queue(Reply(tokens=[f" part{i}" for i in range(30)], token_delay=0.1))
+
+    world.mention("tell me something")
+
+    assert eventually(lambda: any(m["content"].endswith("part29") for m in world.bot_messages()))
+    [reply] = world.bot_messages()
+    history = world.discord.message_history(int(reply["id"]))
+    assert len(history) >= 3, history  # created, then edited as tokens arrived
+    assert history[-1] == "part0" + "".join(f" part{i}" for i in range(1, 30))
+    assert reply["message_reference"]["message_id"]
+
+    status, body = world.health()
+    assert status == 200, body
+    assert json.loads(body)["gateway"] == "connected"
+    assert eventually(
+        lambda: 'ollacord_replies_total{outcome="ok"} 1.0' in world.health("/metrics")[1]
+    )
+    # The image's HEALTHCHECK command passes against the running bot.
+    command = [sys.executable if c == "python" else c for c in healthcheck_command()]
+    done = subprocess.run(command, env={"HEALTH_PORT": str(world.health_port)}, check=False)
+    assert done.returncode == 0
+    assert world.discord.rate_limited == {} or sum(world.discord.rate_limited.values()) == 0
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_sigterm_during_a_long_reply_ends_it_with_a_note_and_exits_0(world: World) -> None:
+    proc = world.start_bot()
+    world.mention("a short one first")
+    assert eventually(lambda: len(world.stored_turns()) == 2)
+    world.ollama.queue(Reply(tokens=[f" w{i}" for i in range(400)], token_delay=0.05))
+    world.mention("now talk for a long time")
+    assert eventually(lambda: len(world.bot_messages()) == 2)
+
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=15)
+    out = world.output(proc)
+
+    assert code == 0, out
+    last = world.bot_messages()[-1]["content"]
+    assert last.startswith("w0") and last.endswith(RESTART_NOTE), out
+    assert "w399" not in last
+    # History holds the completed exchange only: the interrupted one left nothing behind.
+    assert [role for role, _ in world.stored_turns()] == ["user", "assistant"]
+    assert "fake-token" not in out
+    assert "event=shutdown" in out
+
+
+def test_kill_9_mid_reply_then_restart_keeps_completed_turns_and_answers(world: World) -> None:
+    proc = world.start_bot()
+    world.mention("remember the word apricot")
+    assert eventually(lambda: len(world.stored_turns()) == 2)
+    world.ollama.queue(Reply(tokens=[f" w{i}" for i in range(400)], token_delay=0.05))
+    world.mention("a reply that will be killed")
+    assert eventually(lambda: len(world.bot_messages()) == 2)
+
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert len(world.stored_turns()) == 2
+
+    world.start_bot()
+    world.mention("what was the word?")
+    assert eventually(lambda: len(world.bot_messages()) == 3)
+    assert eventually(lambda: len(world.stored_turns()) == 4)
+    request = world.ollama.chat_requests[-1]
+    assert [m["content"] for m in request["messages"]] == [
+        "Alice: remember the word apricot",
+        "You said: Alice: remember the word apricot",
+        "Alice: what was the word?",
+    ]
+    assert world.bot_messages()[-1]["content"] == "You said: Alice: what was the word?"
+
+
+@pytest.mark.fake_ollama(models=(), pull_delay=0.4)
+def test_mentions_during_the_first_start_pull_are_told_the_progress(world: World) -> None:
+    world.start_bot()
+    assert eventually(lambda: any(r.path == "/api/pull" for r in world.ollama.requests))
+    world.mention("are you ready?")
+    assert eventually(lambda: len(world.bot_messages()) == 1)
+    first = world.bot_messages()[0]["content"]
+    assert "still downloading" in first and "%" in first, first
+
+    # Once pulled (and preloaded), mentions are answered.
+    assert eventually(lambda: "llama3.2:latest" in world.ollama.loaded_models(), 15)
+    world.mention("and now?")
+    assert eventually(lambda: len(world.bot_messages()) == 2)
+    assert world.bot_messages()[-1]["content"] == "You said: Alice: and now?"
+    status, body = world.health()
+    assert status == 200 and json.loads(body)["ollama"]["state"] == "ready"
+
+
+def test_ollama_down_at_start_the_bot_still_connects_and_explains(world: World) -> None:
+    url = world.ollama.url
+    world.ollama.stop()
+    world.start_bot(OLLAMA_URL=url)
+    world.mention("hello?")
+    assert eventually(lambda: len(world.bot_messages()) == 1)
+    assert f"can't reach Ollama at {url}" in world.bot_messages()[0]["content"]
+    status, body = world.health()
+    # Ollama's state is reported, not fatal: the bot itself is healthy.
+    assert status == 200
+    assert json.loads(body)["ollama"]["state"] == "unreachable"
