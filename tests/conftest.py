@@ -22,6 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bot_env(**env): .env-style settings for the bot under test")
     config.addinivalue_line("markers", "bot_clock(step): the stepping clock's step in seconds")
     config.addinivalue_line("markers", "fake_ollama(**kwargs): FakeOllama constructor options")
+    config.addinivalue_line("markers", "fake_discord(**kwargs): FakeDiscord constructor options")
 
 
 class SteppingClock:

@@ -123,7 +123,9 @@ def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     marker = request.node.get_closest_marker("fake_ollama")
     options: dict[str, Any] = {"models": ("llama3.2",)}
     options.update(marker.kwargs if marker else {})
-    with FakeDiscord() as discord, FakeOllama(**options) as ollama:
+    discord_marker = request.node.get_closest_marker("fake_discord")
+    discord_options = discord_marker.kwargs if discord_marker else {}
+    with FakeDiscord(**discord_options) as discord, FakeOllama(**options) as ollama:
         w = World(discord, ollama, tmp_path, health_port=free_port())
         guild = discord.create_guild()
         w.channel = discord.create_channel(guild, "general")
@@ -240,3 +242,23 @@ def test_ollama_down_at_start_the_bot_still_connects_and_explains(world: World) 
     # Ollama's state is reported, not fatal: the bot itself is healthy.
     assert status == 200
     assert json.loads(body)["ollama"]["state"] == "unreachable"
+
+
+@pytest.mark.fake_discord(send_ratelimit_headers=False, message_window=2.0)
+def test_discord_429s_are_survived_and_counted(world: World) -> None:
+    # Without rate-limit headers discord.py cannot plan ahead, so a fast edit rate meets 429s;
+    # discord.py retries them itself, the reply still completes, and /metrics counts them.
+    world.start_bot(EDIT_INTERVAL="0.05")
+    world.ollama.queue(Reply(tokens=[f" t{i}" for i in range(40)], token_delay=0.05))
+    world.mention("go fast")
+    assert eventually(lambda: any(m["content"].endswith("t39") for m in world.bot_messages()), 20)
+    assert world.discord.rate_limited.get("user", 0) >= 1
+
+    def counted() -> bool:
+        metrics = world.health("/metrics")[1]
+        line = next(
+            x for x in metrics.splitlines() if x.startswith("ollacord_discord_rate_limited_total")
+        )
+        return float(line.split()[-1]) >= 1
+
+    assert eventually(counted)
