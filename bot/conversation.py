@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .history_store import HistoryStore, Turn
+from .context_keeper import ContextKeeper
+from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
 from .ollama import (
     ModelNotFound,
@@ -68,16 +69,6 @@ class _ActiveReply:
     stop_note: str | None = None
 
 
-def build_messages(
-    system_prompt: str, history: Sequence[Turn], user_turn: Turn
-) -> list[dict[str, str]]:
-    """The ``messages`` of one ``/api/chat`` request: system prompt, history, new message."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.extend(turn.as_message() for turn in history)
-    messages.append(user_turn.as_message())
-    return messages
-
-
 class ChatEngine:
     """Runs turns. Turns of one conversation run one at a time, in arrival order
     (an ``asyncio.Lock`` is FIFO); different conversations stream in parallel."""
@@ -106,6 +97,56 @@ class ChatEngine:
         self._active: dict[str, _ActiveReply] = {}  # the one streaming, per conversation
         # Bumped by reset(): a reply that started before a reset must not store its exchange.
         self._generation: dict[str, int] = {}
+        self._state_locks: dict[str, asyncio.Lock] = {}
+        self.context = ContextKeeper(
+            ollama,
+            store,
+            settings,
+            update_state=self.update_state,
+            generation=lambda conversation: self._generation.get(conversation, 0),
+        )
+        self._spawned: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def conversation_lock(self, conversation: str) -> AsyncIterator[None]:
+        """The conversation's FIFO lock; dropped from memory when nobody holds or waits."""
+        lock = self._locks.setdefault(conversation, asyncio.Lock())
+        self._waiting[conversation] = self._waiting.get(conversation, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiting[conversation] -= 1
+            if not self._waiting[conversation]:
+                del self._waiting[conversation]
+                self._locks.pop(conversation, None)
+
+    async def update_state(
+        self, conversation: str, change: Callable[[ConversationState], ConversationState]
+    ) -> ConversationState:
+        """Read, change and write a conversation's state as one step (summaries, folds and
+        commands all change it, at any time)."""
+        async with self._state_locks.setdefault(conversation, asyncio.Lock()):
+            current = await self.store.get_state(conversation)
+            state = change(current)
+            if state is not current:
+                await self.store.set_state(conversation, state)
+            return state
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    async def conversation_settings(self, conversation: str) -> tuple[ConversationState, str, str]:
+        """The state, the model and the system prompt that apply to ``conversation``."""
+        state = await self.store.get_state(conversation)
+        model = state.model or self.settings.ollama_model
+        system = (
+            state.system_prompt if state.system_prompt is not None else self.settings.system_prompt
+        )
+        return state, model, system
 
     def is_busy(self, conversation: str) -> bool:
         return conversation in self._active
@@ -143,13 +184,12 @@ class ChatEngine:
         reply = _ActiveReply(task)
         if task is not None:
             self._replies[task] = reply
-        lock = self._locks.setdefault(conversation, asyncio.Lock())
-        self._waiting[conversation] = self._waiting.get(conversation, 0) + 1
+        lock = self.conversation_lock(conversation)
         try:
             if self.metrics:
                 self.metrics.requests_waiting.inc()
             try:
-                await lock.acquire()
+                await lock.__aenter__()
             except asyncio.CancelledError:
                 # Stopped while waiting for an earlier reply (reset or shutdown): still say so.
                 with contextlib.suppress(Exception):
@@ -163,16 +203,10 @@ class ChatEngine:
                     conversation, user_text, sink, reply, on_first_text, log_fields
                 )
             finally:
-                lock.release()
+                await lock.__aexit__(None, None, None)
         finally:
             if task is not None:
                 self._replies.pop(task, None)
-            self._waiting[conversation] -= 1
-            if not self._waiting[conversation]:
-                # No one else queued on this conversation: drop its lock so idle channels cost
-                # nothing.
-                del self._waiting[conversation]
-                self._locks.pop(conversation, None)
 
     def _count(self, outcome: str) -> None:
         if self.metrics:
@@ -193,19 +227,34 @@ class ChatEngine:
         self._active[conversation] = active
         if metrics:
             metrics.requests_in_flight.inc()
+        self.context.reply_started()
+        completed = False
         started = self.clock()
         first_text_at: float | None = None
         text = ""
         stats: Mapping[str, int] = {}
         outcome: ReplyOutcome
+        model = settings.ollama_model
         try:
-            history = await self.store.load(conversation, limit=settings.max_history_messages)
+            state, model, system_prompt = await self.conversation_settings(conversation)
+            turns = await self.store.load(conversation, after=state.window_start)
             user_turn = Turn("user", user_text)
-            messages = build_messages(settings.system_prompt, history, user_turn)
+            prepared = await self.context.prepare(
+                conversation, state, model, system_prompt, turns, user_turn
+            )
+            if prepared.refusal is not None:
+                await sink.finish(prepared.refusal)
+                self._count("refused")
+                log.info(
+                    "event=reply conversation=%s outcome=refused reason=context %s",
+                    conversation,
+                    log_fields,
+                )
+                return ReplyOutcome("refused")
             stream = self.ollama.chat(
-                settings.ollama_model,
-                messages,
-                options=settings.ollama_options,
+                model,
+                prepared.messages,
+                options=prepared.options,
                 keep_alive=settings.ollama_keep_alive,
                 # Reasoning is never shown; unless asked for, do not make the model spend on it.
                 think=None if settings.ollama_think else False,
@@ -242,7 +291,7 @@ class ChatEngine:
                     await sink.finish(cut_off_note(error))
                     outcome = ReplyOutcome("cut_off", text, error)
                 else:
-                    await sink.finish(error_message(error, model=settings.ollama_model))
+                    await sink.finish(error_message(error, model=model))
                     outcome = ReplyOutcome("error", text, error)
                 self._count(outcome.status)
                 if metrics:
@@ -264,13 +313,15 @@ class ChatEngine:
                 log.warning(
                     "event=reply conversation=%s outcome=empty model=%s %s",
                     conversation,
-                    settings.ollama_model,
+                    model,
                     log_fields,
                 )
                 return ReplyOutcome("empty", text, metrics=stats)
             await sink.finish()
             if self._generation.get(conversation, 0) == generation:
                 await self.store.append(conversation, [user_turn, Turn("assistant", text)])
+                completed = True
+            self.context.observe(prepared, stats)
             outcome = ReplyOutcome("ok", text, metrics=stats)
             ended = self.clock()
             self._count("ok")
@@ -278,14 +329,18 @@ class ChatEngine:
                 metrics.reply_duration.observe(ended - started)
             log.info(
                 "event=reply conversation=%s outcome=ok model=%s chars=%d ttft=%.3fs "
-                "duration=%.3fs prompt_tokens=%s eval_tokens=%s %s",
+                "duration=%.3fs prompt_tokens=%s eval_tokens=%s window_turns=%d "
+                "estimate=%d budget=%d %s",
                 conversation,
-                settings.ollama_model,
+                model,
                 len(text),
                 (first_text_at if first_text_at is not None else ended) - started,
                 ended - started,
                 stats.get("prompt_eval_count", "?"),
                 stats.get("eval_count", "?"),
+                prepared.window_turns,
+                prepared.estimate,
+                prepared.budget.prompt,
                 log_fields,
             )
             return outcome
@@ -309,6 +364,8 @@ class ChatEngine:
                 metrics.requests_in_flight.dec()
             if self._active.get(conversation) is active:
                 del self._active[conversation]
+            # Summaries run when no reply is waiting for Ollama.
+            self.context.reply_ended(conversation if completed else None, self._spawn)
 
     async def reset(self, conversation: str, *, stop_note: str) -> bool:
         """Forget the conversation and stop its streaming reply, if any. True if one stopped."""
@@ -319,7 +376,8 @@ class ChatEngine:
             active.stop_note = stop_note
             active.task.cancel()
             stopped = True
-        await self.store.clear(conversation)
+        async with self._state_locks.setdefault(conversation, asyncio.Lock()):
+            await self.store.clear(conversation)
         log.info("event=reset conversation=%s stopped_reply=%s", conversation, stopped)
         return stopped
 
@@ -327,6 +385,8 @@ class ChatEngine:
         """Take no new turns; let replies in flight finish for up to ``grace`` seconds, then
         stop the rest with ``stop_note`` (their history is left as it was before them)."""
         self.closing = True
+        for task in list(self._spawned):  # summaries can run again after the restart
+            task.cancel()
         pending = {task for task in self._replies if not task.done()}
         if not pending:
             return

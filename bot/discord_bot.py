@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -23,17 +24,19 @@ from .health import HealthServer
 from .history_store import HistoryStore, open_history_store
 from .metrics import Metrics, RateLimitLogCounter
 from .model_manager import ModelManager, PullTracker
-from .ollama import OllamaClient, OllamaError
+from .ollama import OllamaClient, OllamaError, model_matches
 from .reply_writer import EditThrottle, ReplyWriter
 from .settings import Settings
 from .user_messages import (
     HINT,
     INTERNAL_ERROR,
     NOT_ADMIN,
+    NOT_CONFIGURATOR,
     RESET_DONE,
     RESET_STOPPED,
     RESTART_NOTE,
     RESTARTING,
+    error_message,
     pull_failed,
     pull_progress,
     pull_succeeded,
@@ -360,6 +363,40 @@ class OllacordBot(discord.Client):
             )
             await interaction.response.send_message(RESET_DONE, ephemeral=True)
 
+        @self.tree.command(name="model", description="Show or change this channel's model")
+        @app_commands.describe(name="A model Ollama has (or 'default'); leave out to show it")
+        async def model(interaction: discord.Interaction, name: str | None = None) -> None:
+            await self.model_command(interaction, name)
+
+        @model.autocomplete("name")
+        async def model_autocomplete(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            return await self.model_choices(current)
+
+        system = app_commands.Group(
+            name="system", description="This channel's system prompt (admins, Manage Channels)"
+        )
+
+        @system.command(name="set", description="Set this channel's system prompt")
+        @app_commands.describe(prompt="The instructions the model gets before every message")
+        async def system_set(interaction: discord.Interaction, prompt: str) -> None:
+            await self.system_command(interaction, "set", prompt)
+
+        @system.command(name="show", description="Show this channel's system prompt")
+        async def system_show(interaction: discord.Interaction) -> None:
+            await self.system_command(interaction, "show", None)
+
+        @system.command(name="clear", description="Go back to the default system prompt")
+        async def system_clear(interaction: discord.Interaction) -> None:
+            await self.system_command(interaction, "clear", None)
+
+        self.tree.add_command(system)
+
+        @self.tree.command(name="status", description="The model and how much context is used")
+        async def status(interaction: discord.Interaction) -> None:
+            await self.status_command(interaction)
+
         @self.tree.command(name="pull", description="Download a model into Ollama (admins only)")
         @app_commands.describe(model="The model to pull, e.g. llama3.2 or qwen3:8b")
         async def pull(interaction: discord.Interaction, model: str) -> None:
@@ -371,6 +408,113 @@ class OllacordBot(discord.Client):
         if interaction.user.id in self.settings.admin_user_ids:
             return True
         return interaction.guild is not None and interaction.permissions.manage_guild
+
+    def may_configure(self, interaction: discord.Interaction) -> bool:
+        """Channel settings: admins, or members with Manage Channels where it is used."""
+        if self.is_admin(interaction):
+            return True
+        return interaction.guild is not None and interaction.permissions.manage_channels
+
+    async def model_choices(self, current: str) -> list[app_commands.Choice[str]]:
+        """Autocomplete: Ollama's models containing what was typed, at most 25 (Discord's cap)."""
+        try:
+            names = await self.ollama.list_models()
+        except OllamaError:
+            return []
+        typed = current.strip().lower()
+        matches = sorted(n for n in names if typed in n.lower())
+        return [app_commands.Choice(name=n, value=n) for n in matches[:25]]
+
+    async def model_command(self, interaction: discord.Interaction, name: str | None) -> None:
+        if interaction.channel_id is None:
+            return
+        conversation = conversation_id(interaction.channel_id)
+        if name is None:
+            _, model, _ = await self.engine.conversation_settings(conversation)
+            await interaction.response.send_message(f"This channel uses `{model}`.", ephemeral=True)
+            return
+        if not self.may_configure(interaction):
+            await interaction.response.send_message(NOT_CONFIGURATOR, ephemeral=True)
+            return
+        name = name.strip()
+        # Checking the name asks Ollama: acknowledge first (Discord allows 3 s).
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if name.lower() != "default":
+            try:
+                available = await self.ollama.list_models()
+            except OllamaError as exc:
+                await interaction.followup.send(error_message(exc, model=name), ephemeral=True)
+                return
+            if not any(model_matches(name, n) for n in available):
+                await interaction.followup.send(
+                    f"⚠️ Ollama has no model `{name}`. Pick one from the list, or `/pull` it first.",
+                    ephemeral=True,
+                )
+                return
+        chosen = None if name.lower() == "default" else name
+        await self.engine.update_state(conversation, lambda s: replace(s, model=chosen))
+        log.info(
+            "event=model_set channel=%s user=%s model=%s",
+            interaction.channel_id,
+            interaction.user.id,
+            chosen or "default",
+        )
+        shown = chosen or f"{self.settings.ollama_model} (the default)"
+        await interaction.followup.send(f"🧠 This channel now uses `{shown}`.", ephemeral=True)
+
+    async def system_command(
+        self, interaction: discord.Interaction, action: str, prompt: str | None
+    ) -> None:
+        if interaction.channel_id is None:
+            return
+        if not self.may_configure(interaction):
+            await interaction.response.send_message(NOT_CONFIGURATOR, ephemeral=True)
+            return
+        conversation = conversation_id(interaction.channel_id)
+        if action == "show":
+            state, _, system_prompt = await self.engine.conversation_settings(conversation)
+            origin = "this channel's" if state.system_prompt is not None else "the default"
+            text = (
+                f"System prompt ({origin}):\n>>> {system_prompt}"
+                if system_prompt
+                else "No system prompt is set."
+            )
+            await interaction.response.send_message(text[:2000], ephemeral=True)
+            return
+        new = prompt.strip() if action == "set" and prompt else None
+        await self.engine.update_state(conversation, lambda s: replace(s, system_prompt=new))
+        log.info(
+            "event=system_prompt_%s channel=%s user=%s chars=%d",
+            action,
+            interaction.channel_id,
+            interaction.user.id,
+            len(new or ""),
+        )
+        await interaction.response.send_message(
+            "📝 System prompt set for this channel."
+            if new
+            else "📝 This channel uses the default system prompt again.",
+            ephemeral=True,
+        )
+
+    async def status_command(self, interaction: discord.Interaction) -> None:
+        if interaction.channel_id is None:
+            return
+        conversation = conversation_id(interaction.channel_id)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        state, _, system_prompt = await self.engine.conversation_settings(conversation)
+        info = await self.engine.context.status(conversation, state, system_prompt)
+        percent = 100 * info["tokens_used"] // max(1, info["budget"])
+        lines = [
+            f"**Model:** `{info['model']}`",
+            f"**Turns kept:** {info['turns']} (messages sent with each request)",
+            f"**Summary of older turns:** {'yes' if info['summary'] else 'none yet'}",
+            f"**Context used:** about {info['tokens_used']:,} of {info['budget']:,} tokens "
+            f"({percent}%; num_ctx {info['num_ctx']:,})",
+            f"**System prompt:** {'this channel' if state.system_prompt is not None else 'default'}"
+            f"{'' if system_prompt else ' (empty)'}",
+        ]
+        await interaction.followup.send("\n".join(lines), ephemeral=True)
 
     async def pull_command(self, interaction: discord.Interaction, model: str) -> None:
         if not self.is_admin(interaction):

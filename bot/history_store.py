@@ -1,9 +1,12 @@
 """Conversation history stores: the only module that touches SQLite.
 
 A conversation is keyed by a string (``discord:<channel id>`` for a channel, thread or DM;
-``console:<name>`` for the terminal mode). A turn is one chat message. Turns are appended in
-groups (the user turn and the finished assistant turn together, in one transaction), so a
-failed or interrupted reply never leaves half an exchange behind.
+``console:<name>`` for the terminal mode). A turn is one chat message with an increasing id.
+Turns are appended in groups (the user turn and the finished assistant turn together, in one
+transaction), so a failed or interrupted reply never leaves half an exchange behind.
+
+Each conversation also has a small state row: its rolling summary, where the context window
+starts, and its settings (model, system prompt). It survives restarts like the turns do.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -22,27 +25,55 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Turn:
-    """One message of a conversation, as sent to Ollama (``role`` and ``content``)."""
+    """One message of a conversation, as sent to Ollama (``role`` and ``content``).
+    ``id`` is given by the store (0 for a turn not stored yet)."""
 
     role: str
     content: str
+    id: int = field(default=0, compare=False)
 
     def as_message(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
 
 
+@dataclass(frozen=True)
+class ConversationState:
+    """Per-conversation state kept with the history.
+
+    Turns with ``id > window_start`` are in the context window. Turns up to ``summary_upto``
+    are covered by ``summary``; turns between the two were dropped from the window and wait
+    to be summarised. ``model`` and ``system_prompt`` override the defaults when set.
+    """
+
+    summary: str = ""
+    summary_upto: int = 0
+    window_start: int = 0
+    model: str | None = None
+    system_prompt: str | None = None
+
+
 class HistoryStore(Protocol):
     """What the conversation engine needs from a store."""
 
-    async def load(self, conversation: str, limit: int | None = None) -> list[Turn]:
-        """The conversation's turns, oldest first; only the newest ``limit`` if given."""
+    async def load(self, conversation: str, *, after: int = 0) -> list[Turn]:
+        """The conversation's turns with ``id > after``, oldest first."""
         ...
 
-    async def append(self, conversation: str, turns: Sequence[Turn]) -> None:
-        """Add turns atomically: all of them or none."""
+    async def load_range(self, conversation: str, after: int, upto: int) -> list[Turn]:
+        """Turns with ``after < id <= upto``, oldest first."""
         ...
 
-    async def clear(self, conversation: str) -> None: ...
+    async def append(self, conversation: str, turns: Sequence[Turn]) -> list[Turn]:
+        """Add turns atomically (all of them or none); returns them with their ids."""
+        ...
+
+    async def clear(self, conversation: str) -> None:
+        """Forget the turns and the summary; the conversation's settings stay."""
+        ...
+
+    async def get_state(self, conversation: str) -> ConversationState: ...
+
+    async def set_state(self, conversation: str, state: ConversationState) -> None: ...
 
     async def ping(self) -> None:
         """Raise if the store cannot answer (for /healthz)."""
@@ -52,20 +83,40 @@ class HistoryStore(Protocol):
 
 
 class MemoryHistoryStore:
-    """A dict of lists: for tests and throwaway runs (``HISTORY_STORE=memory://``)."""
+    """Dicts and lists: for tests and throwaway runs (``HISTORY_STORE=memory://``)."""
 
     def __init__(self) -> None:
         self._turns: dict[str, list[Turn]] = {}
+        self._states: dict[str, ConversationState] = {}
+        self._next_id = 1
 
-    async def load(self, conversation: str, limit: int | None = None) -> list[Turn]:
-        turns = self._turns.get(conversation, [])
-        return list(turns if limit is None else turns[len(turns) - limit :] if limit else [])
+    async def load(self, conversation: str, *, after: int = 0) -> list[Turn]:
+        return [t for t in self._turns.get(conversation, []) if t.id > after]
 
-    async def append(self, conversation: str, turns: Sequence[Turn]) -> None:
-        self._turns.setdefault(conversation, []).extend(turns)
+    async def load_range(self, conversation: str, after: int, upto: int) -> list[Turn]:
+        return [t for t in self._turns.get(conversation, []) if after < t.id <= upto]
+
+    async def append(self, conversation: str, turns: Sequence[Turn]) -> list[Turn]:
+        stored = []
+        for turn in turns:
+            stored.append(replace(turn, id=self._next_id))
+            self._next_id += 1
+        self._turns.setdefault(conversation, []).extend(stored)
+        return stored
 
     async def clear(self, conversation: str) -> None:
         self._turns.pop(conversation, None)
+        state = self._states.get(conversation)
+        if state is not None:
+            self._states[conversation] = ConversationState(
+                model=state.model, system_prompt=state.system_prompt
+            )
+
+    async def get_state(self, conversation: str) -> ConversationState:
+        return self._states.get(conversation, ConversationState())
+
+    async def set_state(self, conversation: str, state: ConversationState) -> None:
+        self._states[conversation] = state
 
     async def ping(self) -> None:
         return None
@@ -83,6 +134,15 @@ CREATE TABLE IF NOT EXISTS turns (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation, id);
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation TEXT PRIMARY KEY,
+    summary TEXT NOT NULL DEFAULT '',
+    summary_upto INTEGER NOT NULL DEFAULT 0,
+    window_start INTEGER NOT NULL DEFAULT 0,
+    model TEXT,
+    system_prompt TEXT,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -117,35 +177,40 @@ class SqliteHistoryStore:
         """Create the file and schema now, so a bad path fails at start-up, not at first use."""
         await self._run(self._connect)
 
-    async def load(self, conversation: str, limit: int | None = None) -> list[Turn]:
-        return await self._run(self._load, conversation, limit)
+    async def load(self, conversation: str, *, after: int = 0) -> list[Turn]:
+        return await self._run(self._load, conversation, after, None)
 
-    def _load(self, conversation: str, limit: int | None) -> list[Turn]:
-        db = self._connect()
-        if limit is None:
-            rows = db.execute(
-                "SELECT role, content FROM turns WHERE conversation = ? ORDER BY id",
-                (conversation,),
-            ).fetchall()
-        else:
-            rows = db.execute(
-                "SELECT role, content FROM (SELECT id, role, content FROM turns "
-                "WHERE conversation = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
-                (conversation, limit),
-            ).fetchall()
-        return [Turn(role, content) for role, content in rows]
+    async def load_range(self, conversation: str, after: int, upto: int) -> list[Turn]:
+        return await self._run(self._load, conversation, after, upto)
 
-    async def append(self, conversation: str, turns: Sequence[Turn]) -> None:
-        await self._run(self._append, conversation, list(turns))
+    def _load(self, conversation: str, after: int, upto: int | None) -> list[Turn]:
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT id, role, content FROM turns WHERE conversation = ? AND id > ? "
+                "AND id <= ? ORDER BY id",
+                (conversation, after, upto if upto is not None else 2**62),
+            )
+            .fetchall()
+        )
+        return [Turn(role, content, id) for id, role, content in rows]
 
-    def _append(self, conversation: str, turns: list[Turn]) -> None:
+    async def append(self, conversation: str, turns: Sequence[Turn]) -> list[Turn]:
+        return await self._run(self._append, conversation, list(turns))
+
+    def _append(self, conversation: str, turns: list[Turn]) -> list[Turn]:
         db = self._connect()
         now = time.time()
+        stored = []
         with _transaction(db):
-            db.executemany(
-                "INSERT INTO turns (conversation, role, content, created_at) VALUES (?, ?, ?, ?)",
-                [(conversation, t.role, t.content, now) for t in turns],
-            )
+            for turn in turns:
+                cursor = db.execute(
+                    "INSERT INTO turns (conversation, role, content, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (conversation, turn.role, turn.content, now),
+                )
+                stored.append(replace(turn, id=int(cursor.lastrowid or 0)))
+        return stored
 
     async def clear(self, conversation: str) -> None:
         await self._run(self._clear, conversation)
@@ -154,6 +219,48 @@ class SqliteHistoryStore:
         db = self._connect()
         with _transaction(db):
             db.execute("DELETE FROM turns WHERE conversation = ?", (conversation,))
+            db.execute(
+                "UPDATE conversations SET summary = '', summary_upto = 0, window_start = 0, "
+                "updated_at = ? WHERE conversation = ?",
+                (time.time(), conversation),
+            )
+
+    async def get_state(self, conversation: str) -> ConversationState:
+        return await self._run(self._get_state, conversation)
+
+    def _get_state(self, conversation: str) -> ConversationState:
+        row = (
+            self._connect()
+            .execute(
+                "SELECT summary, summary_upto, window_start, model, system_prompt "
+                "FROM conversations WHERE conversation = ?",
+                (conversation,),
+            )
+            .fetchone()
+        )
+        return ConversationState(*row) if row else ConversationState()
+
+    async def set_state(self, conversation: str, state: ConversationState) -> None:
+        await self._run(self._set_state, conversation, state)
+
+    def _set_state(self, conversation: str, state: ConversationState) -> None:
+        self._connect().execute(
+            "INSERT INTO conversations (conversation, summary, summary_upto, window_start, "
+            "model, system_prompt, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (conversation) DO UPDATE SET summary = excluded.summary, "
+            "summary_upto = excluded.summary_upto, window_start = excluded.window_start, "
+            "model = excluded.model, system_prompt = excluded.system_prompt, "
+            "updated_at = excluded.updated_at",
+            (
+                conversation,
+                state.summary,
+                state.summary_upto,
+                state.window_start,
+                state.model,
+                state.system_prompt,
+                time.time(),
+            ),
+        )
 
     async def ping(self) -> None:
         await self._run(lambda: self._connect().execute("SELECT 1").fetchone())

@@ -368,6 +368,69 @@ class OllamaClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise OllamaUnavailable(self.base_url, str(exc) or type(exc).__name__) from exc
 
+    async def context_length(self, model: str) -> int | None:
+        """The model's trained context length from ``POST /api/show`` (``model_info``'s
+        ``<arch>.context_length``), or None if the server does not say."""
+        data = await self._post_json("/api/show", {"model": model}, model)
+        info = data.get("model_info") or {}
+        arch = info.get("general.architecture")
+        value = info.get(f"{arch}.context_length") if arch else None
+        if not isinstance(value, int):
+            value = next(
+                (
+                    v
+                    for k, v in info.items()
+                    if k.endswith(".context_length") and isinstance(v, int)
+                ),
+                None,
+            )
+        return value if isinstance(value, int) and value > 0 else None
+
+    async def complete(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> tuple[str, Mapping[str, int]]:
+        """A non-streamed ``/api/chat`` (§3): the whole answer at once, and its metrics."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": list(messages),
+            "stream": False,
+            "think": False,
+        }
+        if options:
+            body["options"] = dict(options)
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        data = await self._post_json("/api/chat", body, model)
+        chunk = ChatChunk.from_json(data)
+        return chunk.content, chunk.metrics
+
+    async def _post_json(self, path: str, body: Mapping[str, Any], model: str) -> dict[str, Any]:
+        try:
+            async with self._get_session().post(
+                f"{self.base_url}{path}",
+                data=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                if response.status >= 400:
+                    raise await self._status_error(model, response)
+                data = await response.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:
+            raise OllamaUnavailable(self.base_url, _connector_reason(exc)) from exc
+        except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
+            raise OllamaTimeout(self.read_timeout, started=False) from exc
+        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+            raise OllamaUnavailable(self.base_url, str(exc) or type(exc).__name__) from exc
+        if not isinstance(data, dict):
+            raise OllamaRequestError(200, f"unexpected answer from {path}")
+        if "error" in data:
+            raise OllamaRequestError(200, str(data["error"]))
+        return data
+
     async def list_models(self) -> list[str]:
         """Names from ``GET /api/tags`` (always tagged, e.g. ``llama3.2:latest``)."""
         data = await self._get_json("/api/tags")

@@ -31,7 +31,7 @@ class Settings:
     ollama_keep_alive: str | float | None = None
     ollama_options: Mapping[str, Any] = field(default_factory=dict)
     ollama_think: bool = False
-    max_history_messages: int = 40
+    context_tokens: int = 8192
     max_input_chars: int = 8000
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
@@ -79,8 +79,8 @@ class Settings:
             values["ollama_options"] = _parse_options("OLLAMA_OPTIONS", options)
         if (think := get("OLLAMA_THINK")) is not None:
             values["ollama_think"] = _parse_bool("OLLAMA_THINK", think)
-        if (limit := get("MAX_HISTORY_MESSAGES")) is not None:
-            values["max_history_messages"] = _parse_int("MAX_HISTORY_MESSAGES", limit, minimum=0)
+        if (limit := get("CONTEXT_TOKENS")) is not None:
+            values["context_tokens"] = _parse_int("CONTEXT_TOKENS", limit, minimum=512)
         if (limit := get("MAX_INPUT_CHARS")) is not None:
             values["max_input_chars"] = _parse_int("MAX_INPUT_CHARS", limit, minimum=1)
         if (timeout := get("OLLAMA_CONNECT_TIMEOUT")) is not None:

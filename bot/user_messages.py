@@ -31,6 +31,10 @@ NOT_ADMIN = (
     "⛔ Only the bot's admins (ADMIN_USER_IDS) or members with the Manage Server permission "
     "can do that."
 )
+NOT_CONFIGURATOR = (
+    "⛔ Only the bot's admins or members with the Manage Channels permission can change this "
+    "channel's settings."
+)
 INTERNAL_ERROR = (
     "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
 )

@@ -658,9 +658,43 @@ def _check_options(options: dict[str, Any]) -> None:
 
 def _count_tokens(message: dict[str, Any]) -> int:
     """The documented toy tokeniser, over a message's role and content."""
-    return len(_TOKEN_RE.findall(message.get("role", ""))) + len(
-        _TOKEN_RE.findall(message.get("content", ""))
+    return len(_message_tokens(message))
+
+
+def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """A prompt's token count as the fake counts it (for benchmarks comparing strategies)."""
+    return sum(_count_tokens(m) for m in messages)
+
+
+def _message_tokens(message: dict[str, Any]) -> list[str]:
+    """How the fake tokenises a message: every run of word characters (``\\w+``) is one token
+    and every other non-space character is one token, over the role then the content. Spaces
+    are free. Real tokenisers differ (BPE), but this one has the properties that matter here:
+    the count grows with the text, and equal text gives equal tokens (so prefixes match)."""
+    return _TOKEN_RE.findall(str(message.get("role", ""))) + _TOKEN_RE.findall(
+        str(message.get("content", ""))
     )
+
+
+def _common_prefix(a: list[str], b: list[str]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class PromptStats:
+    """What one generation's prompt cost: the fake's view of Ollama's KV prompt cache."""
+
+    model: str
+    requested: int  # prompt tokens as sent, before any truncation
+    total: int  # prompt tokens after context-overflow truncation
+    cached: int  # leading tokens shared with the previous prompt on the same model
+    evaluated: int  # total - cached (at least 1, as llama.cpp always evaluates the last token)
+    truncated: bool  # old messages were dropped silently to fit num_ctx (§4.4)
+    num_ctx: int
 
 
 # --------------------------------------------------------------------------------------------
@@ -984,6 +1018,8 @@ class FakeOllama:
         cold_load_duration: float = 1.0,
         pull_delay: float = 0.0,
         context_length: int = 4096,
+        trained_context_length: int = 131072,
+        prompt_eval_includes_cached: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -996,6 +1032,17 @@ class FakeOllama:
         self.cold_load_duration = cold_load_duration
         self.pull_delay = pull_delay
         self.context_length = context_length
+        # /api/show's "<arch>.context_length": what the model was trained for.
+        self.trained_context_length = trained_context_length
+        # Ollama's prompt cache: by default prompt_eval_count counts only the tokens evaluated
+        # after the longest common prefix with the previous prompt on that model (what a
+        # client sees from a warm llama.cpp runner); True reports cached + evaluated instead.
+        self.prompt_eval_includes_cached = prompt_eval_includes_cached
+        self.prompt_stats: list[PromptStats] = []
+        # Optional: answers a chat request from its messages when no Reply is queued: a text,
+        # a Reply (to script errors for some requests only), or None for "You said: ...".
+        self.responder: Callable[[list[dict[str, Any]]], str | Reply | None] | None = None
+        self._prompt_cache: dict[str, list[str]] = {}
         self.host = host
         self.port = port
         self.url = ""
@@ -1309,7 +1356,10 @@ class FakeOllama:
             "parameters": parameters,
             "template": template,
             "details": entry.details(),
-            "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
+            "model_info": {
+                "general.architecture": "llama",
+                "llama.context_length": self.trained_context_length,
+            },
             "capabilities": entry.capabilities(),
             "modified_at": go_time_local(entry.modified_ns),
         }
@@ -1418,10 +1468,16 @@ class FakeOllama:
             else:
                 loaded.expires_ns = self._expiry(keep_alive_ns)
 
-    def _next_reply(self) -> tuple[Reply, bool]:
+    def _next_reply(self, messages: list[dict[str, Any]]) -> tuple[Reply, bool]:
         with self._lock:
             if self._replies:
                 return self._replies.popleft(), True
+        if self.responder is not None:
+            answer = self.responder(messages)
+            if isinstance(answer, Reply):
+                return answer, True
+            if isinstance(answer, str):
+                return Reply(tokens=_WORDISH_RE.findall(answer)), True
         return Reply(), False
 
     def _semaphore(self, entry: _Model) -> asyncio.Semaphore:
@@ -1480,7 +1536,7 @@ class FakeOllama:
         sem = self._semaphore(entry)
         if sem.locked() and self.waiting >= self.max_queue:
             raise _HTTPError(503, QUEUE_FULL_MESSAGE)
-        reply, scripted = self._next_reply()
+        reply, scripted = self._next_reply(messages)
         ctx = _Chat(
             request=request,
             rec=rec,
@@ -1551,7 +1607,25 @@ class FakeOllama:
                     "model with a longer context length"
                 )
             total = ctx.num_ctx
-        ctx.prompt_tokens = total
+        truncated = len(ctx.messages) < len(counts)
+        tokens = [t for m in ctx.messages for t in _message_tokens(m)][:total]
+        key = ctx.entry.name.key
+        with self._lock:
+            cached = _common_prefix(self._prompt_cache.get(key, []), tokens)
+            self._prompt_cache[key] = tokens
+            evaluated = max(1, total - cached) if total else 0
+            self.prompt_stats.append(
+                PromptStats(
+                    ctx.model_raw,
+                    sum(counts),
+                    total,
+                    total - evaluated,
+                    evaluated,
+                    truncated,
+                    ctx.num_ctx,
+                )
+            )
+        ctx.prompt_tokens = total if self.prompt_eval_includes_cached else evaluated
 
     async def _load(self, ctx: _Chat) -> None:
         """Model load then prompt evaluation: nothing is written meanwhile (behaviour 4)."""

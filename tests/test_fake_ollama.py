@@ -869,3 +869,53 @@ def test_runs_as_a_module_in_the_foreground() -> None:
     finally:
         proc.terminate()
         assert proc.wait(5) == 0
+
+
+# --------------------------------------------------------------------------- prompt cache
+
+
+def test_prompt_cache_evaluates_only_tokens_after_the_shared_prefix() -> None:
+    """Like a warm llama.cpp runner: the second prompt shares the first one's beginning, so
+    prompt_eval_count counts only what follows; a different model has its own cache."""
+
+    async def go(fake: FakeOllama) -> list[int]:
+        counts = []
+        async with aiohttp.ClientSession() as http:
+            history = [{"role": "user", "content": "one two three"}]
+            for model, extra in (("llama3.2", None), ("llama3.2", "four five"), ("qwen3", None)):
+                if extra:
+                    history = [
+                        *history,
+                        {"role": "assistant", "content": "ok"},
+                        {"role": "user", "content": extra},
+                    ]
+                body = {"model": model, "messages": history, "stream": False, "think": False}
+                async with http.post(f"{fake.url}/api/chat", json=body) as r:
+                    counts.append((await r.json())["prompt_eval_count"])
+        return counts
+
+    with FakeOllama(models=("llama3.2", "qwen3")) as fake:
+        counts = asyncio.run(go(fake))
+        stats = fake.prompt_stats
+    # "user one two three" = 4 tokens; then + "assistant ok user four five" = 5 more; the
+    # same 9-token prompt on another model is evaluated in full.
+    assert counts == [4, 5, 9]
+    assert [(s.total, s.cached) for s in stats] == [(4, 0), (9, 4), (9, 0)]
+
+
+def test_prompt_eval_can_include_cached_tokens_like_some_servers() -> None:
+    async def go(fake: FakeOllama) -> list[int]:
+        counts = []
+        async with aiohttp.ClientSession() as http:
+            for content in ("one two three", "one two three four"):
+                body = {
+                    "model": "llama3.2",
+                    "messages": [{"role": "user", "content": content}],
+                    "stream": False,
+                }
+                async with http.post(f"{fake.url}/api/chat", json=body) as r:
+                    counts.append((await r.json())["prompt_eval_count"])
+        return counts
+
+    with FakeOllama(prompt_eval_includes_cached=True) as fake:
+        assert asyncio.run(go(fake)) == [4, 5]

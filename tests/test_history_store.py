@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.history_store import (
+    ConversationState,
     MemoryHistoryStore,
     SqliteHistoryStore,
     Turn,
@@ -30,10 +31,25 @@ async def test_turns_come_back_in_order_and_conversations_are_separate(store) ->
     assert await store.load("nobody") == []
 
 
-async def test_limit_keeps_the_newest_turns(store) -> None:  # type: ignore[no-untyped-def]
-    await store.append("a", [Turn("user", str(i)) for i in range(10)])
-    assert [t.content for t in await store.load("a", limit=3)] == ["7", "8", "9"]
-    assert await store.load("a", limit=0) == []
+async def test_turns_get_increasing_ids_and_load_after_or_in_a_range(store) -> None:  # type: ignore[no-untyped-def]
+    stored = await store.append("a", [Turn("user", str(i)) for i in range(6)])
+    ids = [t.id for t in stored]
+    assert ids == sorted(ids) and len(set(ids)) == 6 and ids[0] > 0
+    assert [t.content for t in await store.load("a", after=ids[2])] == ["3", "4", "5"]
+    assert [t.content for t in await store.load_range("a", ids[0], ids[3])] == ["1", "2", "3"]
+    assert [t.id for t in await store.load("a")] == ids
+
+
+async def test_state_round_trips_and_clear_keeps_the_settings(store) -> None:  # type: ignore[no-untyped-def]
+    assert await store.get_state("a") == ConversationState()
+    state = ConversationState("they like tea", 4, 6, "qwen3", "Be brief.")
+    await store.set_state("a", state)
+    assert await store.get_state("a") == state
+    assert await store.get_state("b") == ConversationState()
+    await store.append("a", [Turn("user", "x")])
+    await store.clear("a")
+    assert await store.get_state("a") == ConversationState(model="qwen3", system_prompt="Be brief.")
+    assert await store.load("a") == []
 
 
 async def test_clear_forgets_one_conversation_only(store) -> None:  # type: ignore[no-untyped-def]
@@ -44,13 +60,15 @@ async def test_clear_forgets_one_conversation_only(store) -> None:  # type: igno
     assert len(await store.load("b")) == 1
 
 
-async def test_sqlite_history_survives_reopening(tmp_path: Path) -> None:
+async def test_sqlite_history_and_state_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "history.db"
     first = SqliteHistoryStore(path)
     await first.append("c", [Turn("user", "hi 🌤"), Turn("assistant", "hello")])
+    await first.set_state("c", ConversationState("summary", 1, 1, None, "sys"))
     await first.close()
     second = SqliteHistoryStore(path)
     assert await second.load("c") == [Turn("user", "hi 🌤"), Turn("assistant", "hello")]
+    assert await second.get_state("c") == ConversationState("summary", 1, 1, None, "sys")
     await second.close()
 
 

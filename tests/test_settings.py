@@ -34,7 +34,7 @@ def test_every_variable_is_read() -> None:
             "OLLAMA_KEEP_ALIVE": "-1",
             "OLLAMA_OPTIONS": '{"temperature": 0.2, "num_ctx": 8192}',
             "OLLAMA_THINK": "yes",
-            "MAX_HISTORY_MESSAGES": "10",
+            "CONTEXT_TOKENS": "16384",
             "MAX_INPUT_CHARS": "500",
             "OLLAMA_CONNECT_TIMEOUT": "3",
             "OLLAMA_READ_TIMEOUT": "60",
@@ -51,7 +51,7 @@ def test_every_variable_is_read() -> None:
     assert settings.ollama_keep_alive == -1
     assert settings.ollama_options == {"temperature": 0.2, "num_ctx": 8192}
     assert settings.ollama_think is True
-    assert settings.max_history_messages == 10
+    assert settings.context_tokens == 16384
     assert settings.max_input_chars == 500
     assert settings.connect_timeout == 3.0
     assert settings.read_timeout == 60.0
@@ -83,7 +83,8 @@ def test_keep_alive_number_is_sent_as_a_number_not_a_string() -> None:
         ("OLLAMA_OPTIONS", "temperature=0.2"),
         ("OLLAMA_OPTIONS", "[1, 2]"),
         ("OLLAMA_THINK", "maybe"),
-        ("MAX_HISTORY_MESSAGES", "ten"),
+        ("CONTEXT_TOKENS", "ten"),
+        ("CONTEXT_TOKENS", "100"),
         ("MAX_INPUT_CHARS", "0"),
         ("LOG_LEVEL", "LOUD"),
     ],

@@ -1,0 +1,227 @@
+"""Benchmark: how many prompt tokens Ollama re-evaluates per turn, by context strategy.
+
+Replays one 200-turn conversation against the fake Ollama (tests/fake_ollama.py), whose
+``prompt_eval_count`` follows Ollama's prompt cache: only the tokens after the longest common
+prefix with the previous prompt on that model are evaluated (its tokeniser: every run of word
+characters is one token, every other non-space character is one token). Three strategies, all
+with ``num_ctx`` 4096:
+
+* everything: send the whole history (Ollama drops the oldest messages silently once full);
+* slide: drop the oldest exchange whenever the prompt would not fit (exact token counts);
+* ours: the bot's real engine: prefix-stable window, folds with rolling summaries.
+
+Run by hand: ``.venv/bin/python -m bench.context`` (about half a minute). Prints, per strategy,
+the tokens re-evaluated per turn (median, p95, total) and whether a prompt ever went over the
+budget (``num_ctx`` minus the room kept for the reply).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.context_window import SUMMARY_INSTRUCTION, make_budget
+from bot.conversation import ChatEngine
+from bot.history_store import MemoryHistoryStore
+from bot.ollama import OllamaClient
+from bot.settings import Settings
+from tests.fake_ollama import FakeOllama, Reply, count_prompt_tokens
+
+NUM_CTX = 4096
+WORDS = [
+    "model",
+    "context",
+    "token",
+    "window",
+    "cache",
+    "prompt",
+    "summary",
+    "channel",
+    "reply",
+    "stream",
+    "discord",
+    "ollama",
+    "python",
+    "async",
+    "budget",
+    "fold",
+    "turn",
+    "history",
+    "server",
+    "latency",
+    "memory",
+    "kernel",
+    "vector",
+    "matrix",
+    "layer",
+    "weights",
+    "gradient",
+    "batch",
+    "epoch",
+    "dataset",
+    "compile",
+    "runtime",
+    "thread",
+    "socket",
+    "buffer",
+    "queue",
+    "lock",
+]
+
+
+def sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
+
+
+@dataclass
+class Conversation:
+    """A deterministic conversation: user messages and the replies the model gives."""
+
+    turns: int
+    seed: int = 7
+    user: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        for i in range(self.turns):
+            self.user.append(f"Alice: question {i}: " + sentence(rng, rng.randint(15, 90)))
+            self.replies.append(f"Answer {i}: " + sentence(rng, rng.randint(40, 180)))
+
+
+class NullSink:
+    async def feed(self, delta: str) -> None:
+        return None
+
+    async def finish(self, note: str | None = None) -> None:
+        return None
+
+
+@dataclass
+class Result:
+    name: str
+    evaluated: list[int] = field(default_factory=list)  # per user turn
+    summary_calls: int = 0
+    summary_evaluated: int = 0
+    max_prompt: int = 0
+    over_budget: int = 0
+    truncated: int = 0
+
+    def line(self, budget: int) -> str:
+        values = sorted(self.evaluated)
+        p95 = values[min(len(values) - 1, int(0.95 * len(values)))]
+        total = sum(values) + self.summary_evaluated
+        extra = (
+            f" (+{self.summary_calls} summary calls, {self.summary_evaluated:,} tokens, included)"
+            if self.summary_calls
+            else ""
+        )
+        return (
+            f"{self.name:<11} median {statistics.median(values):>7,.0f}  p95 {p95:>7,}  "
+            f"total {total:>10,}{extra}\n"
+            f"{'':<11} max prompt {self.max_prompt:,} tokens; over the {budget:,}-token budget: "
+            f"{'YES, ' + str(self.over_budget) + ' turns' if self.over_budget else 'never'}; "
+            f"silently truncated by Ollama: {self.truncated} turns"
+        )
+
+
+def scripted_responder(conversation: Conversation, fake: FakeOllama) -> None:
+    """Replies come from the conversation script; summary requests get a ~150-word summary."""
+    rng = random.Random(99)
+
+    def respond(messages: list[dict[str, Any]]) -> str | Reply | None:
+        if messages and messages[0].get("content") == SUMMARY_INSTRUCTION:
+            return "Summary: " + sentence(rng, 150)
+        last = str(messages[-1].get("content", ""))
+        index = int(last.split("question ", 1)[1].split(":", 1)[0])
+        return conversation.replies[index]
+
+    fake.responder = respond
+
+
+async def run_plain(name: str, conversation: Conversation, budget: int, slide: bool) -> Result:
+    result = Result(name)
+    with FakeOllama(context_length=NUM_CTX) as fake:
+        scripted_responder(conversation, fake)
+        client = OllamaClient(fake.url)
+        history: list[dict[str, str]] = []
+        for i, text in enumerate(conversation.user):
+            history.append({"role": "user", "content": text})
+            if slide:
+                while count_prompt_tokens(history) > budget and len(history) > 1:
+                    del history[:2]  # the oldest exchange
+            before = len(fake.prompt_stats)
+            answer = ""
+            async for chunk in client.chat(
+                "llama3.2", history, options={"num_ctx": NUM_CTX}, think=False
+            ):
+                answer += chunk.content
+            history.append({"role": "assistant", "content": answer})
+            stats = fake.prompt_stats[before]
+            result.evaluated.append(stats.evaluated)
+            result.max_prompt = max(result.max_prompt, stats.requested)
+            result.over_budget += stats.requested > budget
+            result.truncated += stats.truncated
+            assert answer == conversation.replies[i]
+        await client.close()
+    return result
+
+
+async def run_ours(conversation: Conversation, budget: int) -> Result:
+    result = Result("ours")
+    with FakeOllama(context_length=NUM_CTX) as fake:
+        scripted_responder(conversation, fake)
+        settings = Settings.from_env(
+            {"OLLAMA_URL": fake.url, "HISTORY_STORE": "memory://", "CONTEXT_TOKENS": str(NUM_CTX)}
+        )
+        client = OllamaClient(fake.url)
+        engine = ChatEngine(client, MemoryHistoryStore(), settings, clock=time.monotonic)
+        for text in conversation.user:
+            before = len(fake.prompt_stats)
+            outcome = await engine.respond("bench", text, NullSink())
+            assert outcome.status == "ok", outcome
+            # Let a summary started after this reply finish before the next message, as it
+            # would in a real conversation's pause between messages.
+            await engine.context.settle_summaries()
+            for stats in fake.prompt_stats[before:]:
+                is_chat = stats.num_ctx == NUM_CTX and stats is fake.prompt_stats[before]
+                result.max_prompt = max(result.max_prompt, stats.requested)
+                result.truncated += stats.truncated
+                if is_chat:
+                    result.evaluated.append(stats.evaluated)
+                    result.over_budget += stats.requested > budget
+                else:
+                    result.summary_calls += 1
+                    result.summary_evaluated += stats.evaluated
+        await client.close()
+    return result
+
+
+async def main(turns: int) -> None:
+    conversation = Conversation(turns)
+    budget = make_budget(None, cap=NUM_CTX).prompt
+    print(
+        f"{turns}-turn conversation, num_ctx {NUM_CTX:,}, prompt budget {budget:,} tokens "
+        "(the rest is kept for the reply). Tokens re-evaluated per turn:"
+    )
+    results = [
+        await run_plain("everything", conversation, budget, slide=False),
+        await run_plain("slide", conversation, budget, slide=True),
+        await run_ours(conversation, budget),
+    ]
+    for result in results:
+        print(result.line(budget))
+    slide, ours = results[1], results[2]
+    ratio = sum(slide.evaluated) / (sum(ours.evaluated) + ours.summary_evaluated)
+    print(f"slide re-evaluates {ratio:.1f}x the tokens ours does (summary calls included)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=200)
+    asyncio.run(main(parser.parse_args().turns))

@@ -1,0 +1,156 @@
+"""Fitting a conversation into the model's context: a token budget and a prefix-stable window.
+
+Two obvious approaches fail (issue #4): sending the whole history lets Ollama silently drop the
+oldest messages once ``num_ctx`` is exceeded, and sliding the window one turn per reply changes
+the start of the prompt every time, so Ollama's prompt cache never helps and the whole context
+is evaluated again for every reply. Here the prompt is::
+
+    system prompt | summary of older turns | recent turns (the window) | new message
+
+and the window only moves in big steps: when it no longer fits, a whole block of the oldest
+turns is folded into the summary at once, bringing the window down to about half the budget.
+Between folds the prompt's beginning stays byte-identical, turn after turn.
+
+Everything here is pure; the engine does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Below this, a budget is too small to hold a conversation at all.
+MIN_BUDGET = 256
+
+
+@dataclass
+class TokenEstimator:
+    """Estimates a model's token counts from characters, calibrated by what Ollama reports.
+
+    Starts pessimistic (3 characters per token; English under BPE is closer to 4) so the budget
+    holds before the first calibration. Each message also costs a few template tokens.
+    """
+
+    chars_per_token: float = 3.0
+    per_message: int = 8
+    samples: int = 0
+
+    def count_text(self, text: str) -> int:
+        return math.ceil(len(text) / self.chars_per_token)
+
+    def count_message(self, message: Mapping[str, str]) -> int:
+        return self.count_text(message.get("content", "")) + self.per_message
+
+    def count(self, messages: Sequence[Mapping[str, str]]) -> int:
+        return sum(self.count_message(m) for m in messages)
+
+    def calibrate(self, chars: int, messages: int, observed_tokens: int) -> None:
+        """Learn from a prompt part of ``chars`` characters in ``messages`` messages that Ollama
+        counted as ``observed_tokens``. Small samples are too noisy to learn from."""
+        content_tokens = observed_tokens - messages * self.per_message
+        if chars < 400 or content_tokens <= 0:
+            return
+        # A little under the observed ratio, so estimates err towards more tokens.
+        sample = min(8.0, max(1.5, 0.92 * chars / content_tokens))
+        self.chars_per_token = (
+            sample if self.samples == 0 else 0.7 * self.chars_per_token + 0.3 * sample
+        )
+        self.samples += 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The context the bot plans for: ``num_ctx`` (sent to Ollama) minus room for the reply."""
+
+    num_ctx: int
+    reply_reserve: int
+
+    @property
+    def prompt(self) -> int:
+        """Most tokens the prompt may take."""
+        return self.num_ctx - self.reply_reserve
+
+    @property
+    def target(self) -> int:
+        """Where a fold brings the prompt down to: half the budget leaves room for many turns
+        before the next fold."""
+        return self.prompt // 2
+
+
+def make_budget(
+    context_length: int | None, *, cap: int | None, num_predict: int | None = None
+) -> Budget:
+    """``num_ctx`` = the model's context length, capped by CONTEXT_TOKENS; the reply gets
+    ``num_predict`` tokens if that option is set, else a quarter of the window (at most 2048)."""
+    limits = [n for n in (context_length, cap) if n]
+    num_ctx = max(MIN_BUDGET * 2, min(limits) if limits else 4096)
+    if num_predict is not None and 0 < num_predict < num_ctx // 2:
+        reserve = num_predict
+    else:
+        reserve = min(2048, num_ctx // 4)
+    return Budget(num_ctx=num_ctx, reply_reserve=reserve)
+
+
+def tokens_to_fit(fixed: int, turns: Sequence[int], new: int, limit: int) -> int:
+    """How many leading turns must go (a multiple of two: user and assistant leave together)
+    so that ``fixed + sum(turns[k:]) + new <= limit``. ``len(turns)`` if even that is not
+    enough (the caller then refuses the message)."""
+    total = fixed + sum(turns) + new
+    k = 0
+    while total > limit and k < len(turns):
+        step = turns[k : k + 2]
+        total -= sum(step)
+        k += len(step)
+    return k
+
+
+def plan_fold(fixed: int, turns: Sequence[int], new: int, budget: Budget) -> int:
+    """Turns to fold before this prompt: 0 when it fits (the prefix stays the same), otherwise
+    enough of the oldest turns to bring the prompt down to the budget's target."""
+    if fixed + sum(turns) + new <= budget.prompt:
+        return 0
+    if fixed + new <= budget.target:
+        return tokens_to_fit(fixed, turns, new, budget.target)
+    # A long message: keep as many recent turns as still fit beside it.
+    return tokens_to_fit(fixed, turns, new, budget.prompt)
+
+
+def plan_early_fold(fixed: int, turns: Sequence[int], next_message: int, budget: Budget) -> int:
+    """After a reply: turns worth summarising now, in the background, because a typical next
+    message (``next_message`` tokens) would no longer fit. 0 when there is room."""
+    return plan_fold(fixed, turns, next_message, budget)
+
+
+SUMMARY_INSTRUCTION = (
+    "You maintain a running summary of a chat between users and an AI assistant. Given the "
+    "previous summary (if any) and the next part of the conversation, write an updated summary "
+    "that keeps every fact, name, decision, open question and preference that later replies "
+    "may need, and drops small talk. Write at most 200 words, in the third person, as plain "
+    "text. Reply with the summary only."
+)
+
+
+def summary_request(previous: str, turns: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The messages of the summarisation call."""
+    lines = []
+    for turn in turns:
+        speaker = "Assistant" if turn.get("role") == "assistant" else "User"
+        lines.append(f"{speaker}: {turn.get('content', '')}")
+    parts = []
+    if previous:
+        parts.append(f"Previous summary:\n{previous}")
+    parts.append("Next part of the conversation:\n" + "\n\n".join(lines))
+    parts.append("Write the updated summary.")
+    return [
+        {"role": "system", "content": SUMMARY_INSTRUCTION},
+        {"role": "user", "content": "\n\n".join(parts)},
+    ]
+
+
+def summary_message(summary: str) -> dict[str, str]:
+    """How the summary is placed after the system prompt."""
+    return {
+        "role": "system",
+        "content": f"Summary of the earlier conversation in this channel:\n{summary}",
+    }

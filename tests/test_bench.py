@@ -1,0 +1,17 @@
+"""The benchmarks still run (their figures are read by hand; nothing here checks speed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import context
+
+
+async def test_context_benchmark_runs_and_our_strategy_stays_within_budget(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await context.main(turns=40)
+    out = capsys.readouterr().out
+    ours = out.split("\nours", 1)[1]
+    assert "over the 3,072-token budget: never" in ours
+    assert "everything" in out and "slide" in out
