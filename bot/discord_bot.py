@@ -173,6 +173,8 @@ class OllacordBot(discord.Client):
         logging.getLogger("discord.http").addHandler(self._rate_limit_counter)
         if self._health is not None:
             await self._health.start()
+            # Only with metrics exposed: a timer that never stops would also keep SimCord busy.
+            self._spawn(self.metrics.watch_event_loop())
         # Slash commands only exist once synced; an unsynced /reset fails for users.
         await self.tree.sync()
         # Ollama may be down or the model missing: Discord comes up regardless, and this

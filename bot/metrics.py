@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -59,6 +60,21 @@ class Metrics:
         self.requests_in_flight = Gauge(
             "ollacord_requests_in_flight", "Replies being generated now", registry=r
         )
+
+        self.event_loop_lag = Histogram(
+            "ollacord_event_loop_lag_seconds",
+            "How late the event loop wakes a timer (a busy loop delays every reply)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+
+    async def watch_event_loop(self, interval: float = 0.25) -> None:
+        """Measure event-loop lag forever (runs beside the health server)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(interval)
+            self.event_loop_lag.observe(max(0.0, loop.time() - started - interval))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
