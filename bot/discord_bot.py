@@ -20,12 +20,13 @@ import discord
 from discord import app_commands
 
 from .conversation import ChatEngine, Clock
+from .discord_scheduler import DiscordLimits, DiscordScheduler
 from .health import HealthServer
 from .history_store import HistoryStore, open_history_store
 from .metrics import Metrics, RateLimitLogCounter
 from .model_manager import ModelManager, PullTracker
 from .ollama import OllamaClient, OllamaError, model_matches
-from .reply_writer import EditThrottle, ReplyWriter
+from .reply_writer import EditThrottle
 from .settings import Settings
 from .user_messages import (
     HINT,
@@ -61,54 +62,75 @@ def conversation_id(channel_id: int) -> str:
 
 
 class DiscordReplyTarget:
-    """The messages of one reply: the first is a Discord reply to the user's message."""
+    """The messages of one reply: the first is a Discord reply to the user's message.
+
+    Failures never end the reply (discord.py has already retried 5xx and 429s): a deleted
+    message is replaced by a new one, anything else is logged and skipped."""
+
+    # Discord error codes (developers/topics/opcodes-and-status-codes).
+    UNKNOWN_CHANNEL = 10003
+    UNKNOWN_MESSAGE = 10008
+    MISSING_ACCESS = 50001
+    MISSING_PERMISSIONS = 50013
 
     def __init__(self, source: discord.Message, metrics: Metrics | None = None) -> None:
         self.source = source
         self.metrics = metrics
         self.messages: list[discord.Message | None] = []
 
-    async def send(self, index: int, text: str) -> None:
+    def _log(self, action: str, exc: discord.HTTPException, index: int) -> None:
+        if self.metrics:
+            self.metrics.discord_failures.labels(kind=action).inc()
+        log.error(
+            "event=discord_%s_failed channel=%s index=%d status=%s code=%s cause=%r",
+            action,
+            self.source.channel.id,
+            index,
+            exc.status,
+            exc.code,
+            exc.text,
+        )
+
+    def _fatal(self, exc: discord.HTTPException) -> bool:
+        return exc.code in (self.UNKNOWN_CHANNEL, self.MISSING_ACCESS, self.MISSING_PERMISSIONS)
+
+    async def send(self, index: int, text: str, *, final: bool) -> bool:
         # fail_if_not_exists=False: if the user deleted their message, still answer.
         reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
+        message: discord.Message | None = None
         try:
             message = await self.source.channel.send(text, reference=reference)  # type: ignore[arg-type]
             if self.metrics:
                 self.metrics.discord_updates.labels(kind="send").inc()
         except discord.HTTPException as exc:
-            if self.metrics:
-                self.metrics.discord_failures.labels(kind="send").inc()
-            log.error(
-                "event=discord_send_failed channel=%s index=%d status=%s code=%s cause=%r",
-                self.source.channel.id,
-                index,
-                exc.status,
-                exc.code,
-                exc.text,
-            )
-            message = None
-        self.messages.append(message)
+            self._log("send", exc, index)
+            if self._fatal(exc):
+                return False
+        if index < len(self.messages):
+            self.messages[index] = message
+        else:
+            self.messages.append(message)
+        return True
 
-    async def edit(self, index: int, text: str) -> None:
+    async def edit(self, index: int, text: str, *, final: bool) -> bool:
         message = self.messages[index]
-        if message is None:
-            return
+        if message is None:  # its send failed: try again as a new message
+            return await self.send(index, text, final=final)
         try:
             await message.edit(content=text)
             if self.metrics:
                 self.metrics.discord_updates.labels(kind="edit").inc()
+        except discord.NotFound as exc:
+            self._log("edit", exc, index)
+            if exc.code == self.UNKNOWN_MESSAGE:
+                # Someone deleted the reply mid-stream: carry on in a new message.
+                return await self.send(index, text, final=final)
+            return False
         except discord.HTTPException as exc:
-            if self.metrics:
-                self.metrics.discord_failures.labels(kind="edit").inc()
-            # A failed edit must not end the reply: the next update carries the full text again.
-            log.error(
-                "event=discord_edit_failed channel=%s message=%s status=%s code=%s cause=%r",
-                self.source.channel.id,
-                message.id,
-                exc.status,
-                exc.code,
-                exc.text,
-            )
+            # The next update carries the full text again; a final one is logged as lost.
+            self._log("edit", exc, index)
+            return not self._fatal(exc)
+        return True
 
 
 class OllacordBot(discord.Client):
@@ -121,6 +143,7 @@ class OllacordBot(discord.Client):
         clock: Clock = time.monotonic,
         store: HistoryStore | None = None,
         ollama: OllamaClient | None = None,
+        discord_limits: DiscordLimits | None = None,
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = settings.message_content_intent
@@ -151,7 +174,9 @@ class OllacordBot(discord.Client):
         )
         self.tree = app_commands.CommandTree(self)
         self.gateway_connected = False
-        self._throttles: dict[int, EditThrottle] = {}
+        self.scheduler = DiscordScheduler(
+            clock, edit_interval=settings.edit_interval, limits=discord_limits
+        )
         self._background: set[asyncio.Task[Any]] = set()
         self._closed_resources = False
         self._rate_limit_counter = RateLimitLogCounter(self.metrics)
@@ -171,6 +196,8 @@ class OllacordBot(discord.Client):
         if opener is not None:
             await opener()
         logging.getLogger("discord.http").addHandler(self._rate_limit_counter)
+        # Every REST call counts against Discord's global budget: plan it in one place.
+        self.scheduler.wrap_http(self.http)
         if self._health is not None:
             await self._health.start()
             # Only with metrics exposed: a timer that never stops would also keep SimCord busy.
@@ -304,12 +331,8 @@ class OllacordBot(discord.Client):
             # Several people share a channel's history: tell the model who is speaking.
             text = f"{message.author.display_name}: {text}"
         conversation = conversation_id(message.channel.id)
-        throttle = self._throttles.get(message.channel.id)
-        if throttle is None:
-            throttle = EditThrottle(self.settings.edit_interval, self.clock)
-            self._throttles[message.channel.id] = throttle
         target = DiscordReplyTarget(message, self.metrics)
-        writer = ReplyWriter(target, throttle)
+        writer = self.scheduler.reply(message.channel.id, target)
         typing = asyncio.create_task(self._keep_typing(message.channel))
 
         async def stop_typing() -> None:

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from bot import OllacordBot, Settings
+from bot.discord_scheduler import DiscordLimits
 from tests.fake_ollama import FakeOllama
 
 
@@ -42,6 +43,12 @@ class SteppingClock:
         value = self.now
         self.now += self.step
         return value
+
+
+# SimCord models no rate limits, and its clock only moves when a test moves it: planning for
+# Discord's limits there would only park updates. The scheduler's planning is tested on its own
+# (test_discord_scheduler.py) and end to end against the rate-limiting fake Discord.
+NO_LIMITS = DiscordLimits(channel_limit=10_000, global_limit=10_000)
 
 
 def settings_for(fake: FakeOllama, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,7 +88,7 @@ def bot_env(request: pytest.FixtureRequest) -> dict[str, str]:
 async def simcord_bot(
     fake_ollama: FakeOllama, clock: SteppingClock, bot_env: dict[str, str]
 ) -> AsyncIterator[OllacordBot]:
-    bot = OllacordBot(settings_for(fake_ollama, bot_env), clock=clock)
+    bot = OllacordBot(settings_for(fake_ollama, bot_env), clock=clock, discord_limits=NO_LIMITS)
     # While Ollama is unreachable the bot retries in the background every few seconds; under
     # SimCord a sleep shorter than the settle timeout is waited out for real, so retry later
     # than any test lasts (the retry itself is tested without SimCord).

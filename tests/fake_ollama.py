@@ -871,6 +871,10 @@ class RecordedRequest:
     """Server-side milestones ``(name, time.perf_counter())``: ``received``, ``admitted``,
     ``slot``, ``loaded``, ``first_byte``, ``end``, ``cancelled``, ``dropped``. perf_counter is
     one clock for every thread, so tests can order client observations against these."""
+    tokens_sent: int = 0
+    """Streamed lines with non-empty ``content`` written so far (benchmarks count tokens)."""
+    last_token_at: float | None = None
+    """``time.perf_counter()`` once the last such line was written (and drained)."""
 
     def event_time(self, name: str) -> float | None:
         return next((t for n, t in self.events if n == name), None)
@@ -1865,6 +1869,9 @@ class FakeOllama:
             async for event in self._events(ctx):
                 if isinstance(event, _Line):
                     await self._write_line(ctx, resp, go_json(event.obj) + b"\n")
+                    if event.obj["message"].get("content"):
+                        ctx.rec.tokens_sent += 1
+                        ctx.rec.last_token_at = time.perf_counter()
                 elif isinstance(event, _Error):
                     if not resp.prepared and not event.line:
                         return await self._error_before_first_event(ctx, event)

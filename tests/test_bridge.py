@@ -17,7 +17,7 @@ from simcord import Env
 from bot import OllacordBot
 from bot.history_store import Turn
 from bot.user_messages import RESET_DONE, RESET_STOPPED
-from tests.conftest import SteppingClock, settings_for, until
+from tests.conftest import NO_LIMITS, SteppingClock, settings_for, until
 from tests.fake_ollama import FakeOllama, Reply
 
 
@@ -61,7 +61,9 @@ async def test_mention_streams_a_reply_with_several_edits_and_the_right_final_te
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
     channel, alice = setup_channel(simcord_env)
-    fake_ollama.queue(Reply(tokens=["Hello", " there", ",", " friend", "!"]))
+    # Tokens come 50 ms apart, as from a real model: the stream is read at Ollama's pace and
+    # Discord is updated behind it.
+    fake_ollama.queue(Reply(tokens=["Hello", " there", ",", " friend", "!"], token_delay=0.05))
 
     question = await alice.send(channel, f"{simcord_env.bot.user.mention} say hello")
 
@@ -92,7 +94,7 @@ async def test_edits_are_coalesced_when_the_interval_has_not_passed(
 ) -> None:
     # The default test clock never moves: only the first text and the final text go out.
     channel, alice = setup_channel(simcord_env)
-    fake_ollama.queue(Reply(tokens=["One", " two", " three", " four"]))
+    fake_ollama.queue(Reply(tokens=["One", " two", " three", " four"], token_delay=0.05))
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} count")
 
@@ -113,7 +115,7 @@ async def test_edit_interval_is_measured_with_the_injected_clock(
 ) -> None:
     channel, alice = setup_channel(simcord_env)
     tokens = [f" t{i}" for i in range(12)]
-    fake_ollama.queue(Reply(tokens=tokens))
+    fake_ollama.queue(Reply(tokens=tokens, token_delay=0.03))
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} go")
 
@@ -295,7 +297,9 @@ async def test_history_survives_a_restart_with_the_same_sqlite_file(
     assert isinstance(first, OllacordBot)
     await first.close_resources()
     first_bot = OllacordBot(
-        settings_for(fake_ollama, {"HISTORY_STORE": f"sqlite:///{db}"}), clock=clock
+        settings_for(fake_ollama, {"HISTORY_STORE": f"sqlite:///{db}"}),
+        clock=clock,
+        discord_limits=NO_LIMITS,
     )
     await simcord_env.restart_bot(first_bot)
     channel, alice = setup_channel(simcord_env)
@@ -303,7 +307,9 @@ async def test_history_survives_a_restart_with_the_same_sqlite_file(
     await first_bot.close_resources()
 
     second_bot = OllacordBot(
-        settings_for(fake_ollama, {"HISTORY_STORE": f"sqlite:///{db}"}), clock=clock
+        settings_for(fake_ollama, {"HISTORY_STORE": f"sqlite:///{db}"}),
+        clock=clock,
+        discord_limits=NO_LIMITS,
     )
     await simcord_env.restart_bot(second_bot)
     await alice.send(channel, f"{simcord_env.bot.user.mention} what is the password?")

@@ -12,7 +12,7 @@ from simcord import Env
 from bot import OllacordBot
 from bot.context_window import SUMMARY_INSTRUCTION
 from bot.user_messages import NOT_CONFIGURATOR
-from tests.conftest import SteppingClock, settings_for
+from tests.conftest import NO_LIMITS, SteppingClock, settings_for
 from tests.fake_ollama import FakeOllama, Reply
 
 # num_ctx 1024, of which 256 are kept for the reply: prompts of at most 768 tokens.
@@ -158,7 +158,9 @@ async def test_summaries_and_settings_survive_a_restart(
     fake_ollama.add_model("qwen3")
     env = {**SMALL, "HISTORY_STORE": f"sqlite:///{tmp_path}/h.db", "ADMIN_USER_IDS": ""}
     await bot_of(simcord_env).close_resources()
-    await simcord_env.restart_bot(OllacordBot(settings_for(fake_ollama, env), clock=clock))
+    await simcord_env.restart_bot(
+        OllacordBot(settings_for(fake_ollama, env), clock=clock, discord_limits=NO_LIMITS)
+    )
     channel, alice = setup(simcord_env, manage_channels=True)
     mention = simcord_env.bot.user.mention
     await alice.slash(channel, "model", name="qwen3")
@@ -168,7 +170,9 @@ async def test_summaries_and_settings_survive_a_restart(
     assert summaries
     await bot_of(simcord_env).close_resources()
 
-    await simcord_env.restart_bot(OllacordBot(settings_for(fake_ollama, env), clock=clock))
+    await simcord_env.restart_bot(
+        OllacordBot(settings_for(fake_ollama, env), clock=clock, discord_limits=NO_LIMITS)
+    )
     await alice.send(channel, f"{mention} after the restart")
     await bot_of(simcord_env).close_resources()
 
