@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from .ollama import (
     OllamaUnavailable,
     StreamInterrupted,
 )
+from .request_queue import FairQueue, Ticket
 from .settings import Settings
 from .think_filter import ThinkFilter
 from .user_messages import (
@@ -91,8 +92,9 @@ class ChatEngine:
         # Says why no reply can be made right now (e.g. the model is still downloading).
         self.gate = gate
         self.closing = False
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiting: dict[str, int] = {}
+        # Replies wait here for an Ollama slot: round-robin across conversations, in order
+        # within each (which is what keeps a conversation's history consistent).
+        self.queue = FairQueue(settings.max_concurrent, settings.queue_limit)
         self._replies: dict[asyncio.Task[Any], _ActiveReply] = {}  # waiting or streaming
         self._active: dict[str, _ActiveReply] = {}  # the one streaming, per conversation
         # Bumped by reset(): a reply that started before a reset must not store its exchange.
@@ -106,20 +108,6 @@ class ChatEngine:
             generation=lambda conversation: self._generation.get(conversation, 0),
         )
         self._spawned: set[asyncio.Task[None]] = set()
-
-    @contextlib.asynccontextmanager
-    async def conversation_lock(self, conversation: str) -> AsyncIterator[None]:
-        """The conversation's FIFO lock; dropped from memory when nobody holds or waits."""
-        lock = self._locks.setdefault(conversation, asyncio.Lock())
-        self._waiting[conversation] = self._waiting.get(conversation, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._waiting[conversation] -= 1
-            if not self._waiting[conversation]:
-                del self._waiting[conversation]
-                self._locks.pop(conversation, None)
 
     async def update_state(
         self, conversation: str, change: Callable[[ConversationState], ConversationState]
@@ -157,10 +145,16 @@ class ChatEngine:
         user_text: str,
         sink: ReplySink,
         *,
+        user_id: int | None = None,
+        on_position: Callable[[int], None] | None = None,
+        on_start: Callable[[], Awaitable[None]] | None = None,
         on_first_text: Callable[[], Awaitable[None]] | None = None,
         log_fields: str = "",
     ) -> ReplyOutcome:
         """Answer ``user_text`` in ``conversation``, streaming into ``sink``.
+
+        The reply waits for its turn (``on_position`` hears how many replies are ahead while it
+        waits; ``on_start`` is called when its turn comes).
 
         Every failure ends in exactly one user-visible message through the sink, and the
         history is only changed when the reply completed.
@@ -184,27 +178,27 @@ class ChatEngine:
         reply = _ActiveReply(task)
         if task is not None:
             self._replies[task] = reply
-        lock = self.conversation_lock(conversation)
+        ticket = self.queue.enter(conversation, user_id, on_position)
         try:
             if self.metrics:
                 self.metrics.requests_waiting.inc()
             try:
-                await lock.__aenter__()
+                await ticket.wait()
             except asyncio.CancelledError:
-                # Stopped while waiting for an earlier reply (reset or shutdown): still say so.
+                # Stopped while waiting for its turn (reset or shutdown): still say so.
                 with contextlib.suppress(Exception):
                     await sink.finish(reply.stop_note or INTERRUPTED)
                 raise
             finally:
                 if self.metrics:
                     self.metrics.requests_waiting.dec()
-            try:
-                return await self._respond_locked(
-                    conversation, user_text, sink, reply, on_first_text, log_fields
-                )
-            finally:
-                await lock.__aexit__(None, None, None)
+            if on_start is not None:
+                await on_start()
+            return await self._respond_locked(
+                conversation, user_text, sink, reply, ticket, on_first_text, log_fields
+            )
         finally:
+            ticket.done()
             if task is not None:
                 self._replies.pop(task, None)
 
@@ -218,6 +212,7 @@ class ChatEngine:
         user_text: str,
         sink: ReplySink,
         active: _ActiveReply,
+        ticket: Ticket,
         on_first_text: Callable[[], Awaitable[None]] | None,
         log_fields: str,
     ) -> ReplyOutcome:
@@ -287,6 +282,7 @@ class ChatEngine:
                             stats = chunk.metrics
                     await show(think_filter.flush())
             except OllamaError as error:
+                ticket.release_slot()
                 if text.strip():
                     await sink.finish(cut_off_note(error))
                     outcome = ReplyOutcome("cut_off", text, error)
@@ -307,6 +303,8 @@ class ChatEngine:
                     log_fields,
                 )
                 return outcome
+            # Ollama is done with this reply: let the next one start while Discord catches up.
+            ticket.release_slot()
             if not text.strip():
                 await sink.finish(EMPTY_REPLY)
                 self._count("empty")

@@ -29,10 +29,12 @@ from .ollama import OllamaClient, OllamaError, model_matches
 from .reply_writer import EditThrottle
 from .settings import Settings
 from .user_messages import (
+    BUSY,
     HINT,
     INTERNAL_ERROR,
     NOT_ADMIN,
     NOT_CONFIGURATOR,
+    ONE_AT_A_TIME,
     RESET_DONE,
     RESET_STOPPED,
     RESTART_NOTE,
@@ -41,6 +43,7 @@ from .user_messages import (
     pull_failed,
     pull_progress,
     pull_succeeded,
+    queued_status,
 )
 
 log = logging.getLogger(__name__)
@@ -331,18 +334,38 @@ class OllacordBot(discord.Client):
             # Several people share a channel's history: tell the model who is speaking.
             text = f"{message.author.display_name}: {text}"
         conversation = conversation_id(message.channel.id)
+        queue = self.engine.queue
+        if queue.has_pending(conversation, message.author.id):
+            # One pending question per person and channel: acknowledge, never stay silent.
+            await self._acknowledge(message, ONE_AT_A_TIME)
+            return
+        if queue.full():
+            log.info("event=queue_full channel=%s waiting=%d", message.channel.id, queue.waiting)
+            await self._acknowledge(message, BUSY, reaction=None)
+            return
         target = DiscordReplyTarget(message, self.metrics)
         writer = self.scheduler.reply(message.channel.id, target)
-        typing = asyncio.create_task(self._keep_typing(message.channel))
+        typing: asyncio.Task[None] | None = None
+
+        def show_position(ahead: int) -> None:
+            writer.set_status(queued_status(ahead))
+
+        async def start_typing() -> None:
+            nonlocal typing
+            typing = asyncio.create_task(self._keep_typing(message.channel))
 
         async def stop_typing() -> None:
-            typing.cancel()
+            if typing is not None:
+                typing.cancel()
 
         try:
             await self.engine.respond(
                 conversation,
                 text,
                 writer,
+                user_id=message.author.id,
+                on_position=show_position,
+                on_start=start_typing,
                 on_first_text=stop_typing,
                 log_fields=f"channel={message.channel.id} message={message.id} "
                 f"author={message.author.id}",
@@ -356,9 +379,25 @@ class OllacordBot(discord.Client):
             with contextlib.suppress(discord.HTTPException):
                 await writer.finish(INTERNAL_ERROR)
         finally:
-            typing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await typing
+            if typing is not None:
+                typing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await typing
+
+    async def _acknowledge(
+        self, message: discord.Message, text: str, *, reaction: str | None = "⏳"
+    ) -> None:
+        """A reaction where it says enough (quiet), else a short reply."""
+        if reaction is not None:
+            try:
+                await message.add_reaction(reaction)
+                return
+            except discord.HTTPException:
+                pass  # no Add Reactions permission: say it in words
+        with contextlib.suppress(discord.HTTPException):
+            await message.channel.send(
+                text, reference=message.to_reference(fail_if_not_exists=False)
+            )
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
         """Show "typing..." until the first words arrive (a cold model can take a minute)."""

@@ -32,6 +32,8 @@ class Settings:
     ollama_options: Mapping[str, Any] = field(default_factory=dict)
     ollama_think: bool = False
     context_tokens: int = 8192
+    max_concurrent: int = 1
+    queue_limit: int = 25
     max_input_chars: int = 8000
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
@@ -79,6 +81,10 @@ class Settings:
             values["ollama_options"] = _parse_options("OLLAMA_OPTIONS", options)
         if (think := get("OLLAMA_THINK")) is not None:
             values["ollama_think"] = _parse_bool("OLLAMA_THINK", think)
+        if (slots := get("MAX_CONCURRENT")) is not None:
+            values["max_concurrent"] = _parse_int("MAX_CONCURRENT", slots, minimum=1)
+        if (limit := get("QUEUE_LIMIT")) is not None:
+            values["queue_limit"] = _parse_int("QUEUE_LIMIT", limit, minimum=1)
         if (limit := get("CONTEXT_TOKENS")) is not None:
             values["context_tokens"] = _parse_int("CONTEXT_TOKENS", limit, minimum=512)
         if (limit := get("MAX_INPUT_CHARS")) is not None:

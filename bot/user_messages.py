@@ -35,6 +35,8 @@ NOT_CONFIGURATOR = (
     "⛔ Only the bot's admins or members with the Manage Channels permission can change this "
     "channel's settings."
 )
+ONE_AT_A_TIME = "⏳ You already have a question waiting here; I'll answer that one first."
+BUSY = "⏳ I'm busy with many questions right now. Please try again shortly."
 INTERNAL_ERROR = (
     "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
 )
@@ -107,3 +109,10 @@ def pull_failed(model: str, error: OllamaError) -> str:
         return f"⚠️ Pulling `{model}` failed: I can't reach Ollama at {error.url} ({error.reason})."
     detail = error.message if isinstance(error, OllamaRequestError) else str(error)
     return f"⚠️ Pulling `{model}` failed: {detail}"
+
+
+def queued_status(ahead: int) -> str:
+    """Shown in place of a reply while it waits for its turn."""
+    if ahead == 0:
+        return "⏳ Queued: you're next."
+    return f"⏳ Queued: {ahead} ahead of you."

@@ -329,27 +329,31 @@ async def test_messages_in_one_channel_are_answered_one_at_a_time_in_order(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
     channel, alice = setup_channel(simcord_env)
+    bob = simcord_env.guild.add_member(simcord_env.create_user("bob", global_name="Bob"))
+    carol = simcord_env.guild.add_member(simcord_env.create_user("carol", global_name="Carol"))
     mention = simcord_env.bot.user.mention
     fake_ollama.queue(
         Reply(tokens=["first", " answer"], token_delay=0.05),
         Reply(tokens=["second", " answer"]),
         Reply(tokens=["third", " answer"]),
     )
-    for text in ("one", "two", "three"):
-        simcord_env.backend.create_message(channel.id, alice.id, f"{mention} {text}")
+    asked = [
+        simcord_env.backend.create_message(channel.id, user.id, f"{mention} {text}").id
+        for user, text in ((alice, "one"), (bob, "two"), (carol, "three"))
+    ]
     await simcord_env.settle()
 
-    assert [m.content for m in bot_messages(channel, simcord_env)] == [
-        "first answer",
-        "second answer",
-        "third answer",
-    ]
+    # Each question got its own answer (the waiting ones first showed their place in the queue
+    # in that same message).
+    answers = {m.reference.message_id: m.content for m in bot_messages(channel, simcord_env)}
+    assert [answers[i] for i in asked] == ["first answer", "second answer", "third answer"]
     # Each request saw every earlier exchange: they ran one after another.
     assert [len(r["messages"]) for r in fake_ollama.chat_requests] == [1, 3, 5]
-    assert [m["content"] for m in chat_messages(fake_ollama)][-1] == "Alice: three"
+    assert [m["content"] for m in chat_messages(fake_ollama)][-1] == "Carol: three"
 
 
 @pytest.mark.fake_ollama(num_parallel=2)
+@pytest.mark.bot_env(MAX_CONCURRENT="2")
 async def test_different_channels_stream_in_parallel(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:

@@ -21,22 +21,30 @@ async def test_shutdown_interrupts_long_replies_and_queued_ones_with_a_note(
     guild = simcord_env.create_guild()
     channel = guild.create_text_channel("general")
     alice = guild.add_member(simcord_env.create_user("alice"))
+    bob = guild.add_member(simcord_env.create_user("bob"))
     mention = simcord_env.bot.user.mention
     await alice.send(channel, f"{mention} a finished exchange")
     fake_ollama.queue(Reply(tokens=[f" w{i}" for i in range(500)], token_delay=0.02))
-    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} long one")
-    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} queued behind it")
+    long_one = simcord_env.backend.create_message(channel.id, alice.id, f"{mention} long one")
+    queued = simcord_env.backend.create_message(channel.id, bob.id, f"{mention} queued behind it")
     bot_id = simcord_env.bot.user.id
+
+    def answers() -> dict[int, str]:
+        return {
+            m.reference.message_id: m.content
+            for m in channel.history()
+            if m.author.id == bot_id and m.reference is not None
+        }
+
     # Wait for the long reply's first words on Discord (not only for Ollama to start).
-    assert await until(lambda: sum(m.author.id == bot_id for m in channel.history()) == 2)
+    assert await until(lambda: answers().get(long_one.id, "").startswith("w0"))
 
     await bot_of(simcord_env).engine.shutdown(grace=0.2, stop_note=RESTART_NOTE)
     await simcord_env.settle()
 
-    replies = [m.content for m in channel.history() if m.author.id == simcord_env.bot.user.id]
-    assert replies[0] == "You said: alice: a finished exchange"
-    assert replies[1].startswith("w0") and replies[1].endswith(RESTART_NOTE)
-    assert replies[2] == RESTART_NOTE  # the queued message is told too
+    replies = answers()
+    assert replies[long_one.id].startswith("w0") and replies[long_one.id].endswith(RESTART_NOTE)
+    assert replies[queued.id] == RESTART_NOTE  # the queued message is told too
     # Only the completed exchange is in the history.
     history = await bot_of(simcord_env).store.load(f"discord:{channel.id}")
     assert [t.content for t in history] == [

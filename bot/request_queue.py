@@ -1,0 +1,150 @@
+"""Fair, bounded queueing of replies for one GPU.
+
+At most ``MAX_CONCURRENT`` replies talk to Ollama at once (Ollama's default
+``OLLAMA_NUM_PARALLEL`` is 1: more would only wait inside Ollama, invisibly). Waiting replies
+are served round-robin across conversations, so one busy channel cannot starve the others,
+and in order within each conversation, one at a time, so its history stays consistent.
+
+Pure bookkeeping plus futures: no timers, no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+PositionCallback = Callable[[int], None]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One reply's place. Wait with :meth:`wait`; release the Ollama slot with
+    :meth:`release_slot` when the stream ends, and the conversation with :meth:`done`."""
+
+    queue: FairQueue
+    conversation: str
+    user: int | None
+    on_position: PositionCallback | None = None
+    granted: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    holds_slot: bool = False
+    finished: bool = False
+    position: int | None = None
+
+    async def wait(self) -> None:
+        """Until it is this reply's turn. Cancelling it leaves the queue cleanly."""
+        try:
+            await asyncio.shield(self.granted)
+        except asyncio.CancelledError:
+            self.done()
+            raise
+
+    def release_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.queue._slots_used -= 1
+            self.queue._dispatch()
+
+    def done(self) -> None:
+        """The reply is over (its history is stored): the conversation may go on."""
+        if self.finished:
+            return
+        self.finished = True
+        self.release_slot()
+        self.queue._leave(self)
+
+
+class FairQueue:
+    """Grants Ollama slots round-robin across conversations (see the module docstring)."""
+
+    def __init__(self, slots: int = 1, limit: int = 25) -> None:
+        self.slots = slots
+        self.limit = limit
+        self._slots_used = 0
+        self._waiting: dict[str, deque[Ticket]] = {}
+        self._active: dict[str, Ticket] = {}
+        self._turns: deque[str] = deque()  # conversations with waiting tickets, in serving order
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def full(self) -> bool:
+        """No room for one more waiting reply (QUEUE_LIMIT)."""
+        return self.waiting >= self.limit
+
+    def has_pending(self, conversation: str, user: int) -> bool:
+        """Whether ``user`` already has a reply waiting or streaming in ``conversation``."""
+        active = self._active.get(conversation)
+        if active is not None and active.user == user:
+            return True
+        return any(t.user == user for t in self._waiting.get(conversation, ()))
+
+    def enter(
+        self, conversation: str, user: int | None, on_position: PositionCallback | None = None
+    ) -> Ticket:
+        ticket = Ticket(self, conversation, user, on_position)
+        queue = self._waiting.setdefault(conversation, deque())
+        queue.append(ticket)
+        if conversation not in self._turns:
+            self._turns.append(conversation)
+        self._dispatch()
+        return ticket
+
+    def order(self) -> list[Ticket]:
+        """Waiting tickets in the order they will be served: rounds over the conversations."""
+        queues = [list(self._waiting[c]) for c in self._turns if self._waiting.get(c)]
+        ordered: list[Ticket] = []
+        depth = 0
+        while any(depth < len(q) for q in queues):
+            ordered.extend(q[depth] for q in queues if depth < len(q))
+            depth += 1
+        return ordered
+
+    def _dispatch(self) -> None:
+        while self._slots_used < self.slots:
+            conversation = next(
+                (c for c in self._turns if c not in self._active and self._waiting.get(c)), None
+            )
+            if conversation is None:
+                break
+            queue = self._waiting[conversation]
+            ticket = queue.popleft()
+            self._turns.remove(conversation)
+            if queue:
+                self._turns.append(conversation)  # its next reply waits for a later round
+            else:
+                del self._waiting[conversation]
+            self._active[conversation] = ticket
+            ticket.holds_slot = True
+            self._slots_used += 1
+            ticket.position = None
+            if not ticket.granted.done():
+                ticket.granted.set_result(None)
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        for ahead, ticket in enumerate(self.order()):
+            if ticket.position != ahead:
+                ticket.position = ahead
+                if ticket.on_position is not None:
+                    ticket.on_position(ahead)
+
+    def _leave(self, ticket: Ticket) -> None:
+        if self._active.get(ticket.conversation) is ticket:
+            del self._active[ticket.conversation]
+        queue = self._waiting.get(ticket.conversation)
+        if queue is not None and ticket in queue:
+            queue.remove(ticket)
+            if not queue:
+                del self._waiting[ticket.conversation]
+                if ticket.conversation in self._turns:
+                    self._turns.remove(ticket.conversation)
+        self._dispatch()
