@@ -263,6 +263,8 @@ class DiscordScheduler:
         priority = reply.priority()
         if priority is None:
             return None
+        if priority is Priority.STATUS and not reply.shown:
+            return priority  # a waiting reply shows its place at once; updates are paced
         if priority in (Priority.INTERMEDIATE, Priority.STATUS):
             interval = self.intermediate_interval()
             last = max(

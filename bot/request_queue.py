@@ -66,7 +66,9 @@ class FairQueue:
         self._slots_used = 0
         self._waiting: dict[str, deque[Ticket]] = {}
         self._active: dict[str, Ticket] = {}
-        self._turns: deque[str] = deque()  # conversations with waiting tickets, in serving order
+        self._turns: deque[str] = deque()  # conversations with waiting tickets, by arrival
+        self._served: dict[str, int] = {}  # when each conversation was last given a slot
+        self._grants = 0
 
     @property
     def waiting(self) -> int:
@@ -98,9 +100,17 @@ class FairQueue:
         self._dispatch()
         return ticket
 
+    def _rounds(self) -> list[str]:
+        """Conversations with waiting replies, least recently served first (round-robin)."""
+        ranked = sorted(
+            enumerate(c for c in self._turns if self._waiting.get(c)),
+            key=lambda item: (self._served.get(item[1], -1), item[0]),
+        )
+        return [c for _, c in ranked]
+
     def order(self) -> list[Ticket]:
         """Waiting tickets in the order they will be served: rounds over the conversations."""
-        queues = [list(self._waiting[c]) for c in self._turns if self._waiting.get(c)]
+        queues = [list(self._waiting[c]) for c in self._rounds()]
         ordered: list[Ticket] = []
         depth = 0
         while any(depth < len(q) for q in queues):
@@ -110,18 +120,16 @@ class FairQueue:
 
     def _dispatch(self) -> None:
         while self._slots_used < self.slots:
-            conversation = next(
-                (c for c in self._turns if c not in self._active and self._waiting.get(c)), None
-            )
+            conversation = next((c for c in self._rounds() if c not in self._active), None)
             if conversation is None:
                 break
             queue = self._waiting[conversation]
             ticket = queue.popleft()
-            self._turns.remove(conversation)
-            if queue:
-                self._turns.append(conversation)  # its next reply waits for a later round
-            else:
+            if not queue:
                 del self._waiting[conversation]
+                self._turns.remove(conversation)
+            self._grants += 1
+            self._served[conversation] = self._grants  # to the back of the round
             self._active[conversation] = ticket
             ticket.holds_slot = True
             self._slots_used += 1
@@ -140,6 +148,8 @@ class FairQueue:
     def _leave(self, ticket: Ticket) -> None:
         if self._active.get(ticket.conversation) is ticket:
             del self._active[ticket.conversation]
+            if ticket.conversation not in self._waiting:
+                self._served.pop(ticket.conversation, None)  # idle again: forget it
         queue = self._waiting.get(ticket.conversation)
         if queue is not None and ticket in queue:
             queue.remove(ticket)
