@@ -98,7 +98,7 @@ class NullSink:
     async def feed(self, delta: str) -> None:
         return None
 
-    async def finish(self, note: str | None = None) -> None:
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
         return None
 
 

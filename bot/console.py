@@ -30,7 +30,7 @@ class ConsoleSink:
         self.out.write(delta)
         self.out.flush()
 
-    async def finish(self, note: str | None = None) -> None:
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
         if note:
             self.out.write(f"\n{note}")
         self.out.write("\n")

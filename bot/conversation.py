@@ -33,6 +33,9 @@ from .think_filter import ThinkFilter
 from .user_messages import (
     EMPTY_REPLY,
     INTERRUPTED,
+    NOT_LATEST,
+    STOPPED_MARK,
+    STOPPED_NOTE,
     TOO_LONG,
     cut_off_note,
     error_message,
@@ -51,7 +54,9 @@ class ReplySink(Protocol):
 
     async def feed(self, delta: str) -> None: ...
 
-    async def finish(self, note: str | None = None) -> None: ...
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+        """The reply is over; ``note`` goes after the text; ``stored``: it is in the history."""
+        ...
 
 
 @dataclass
@@ -67,7 +72,9 @@ class ReplyOutcome:
 @dataclass
 class _ActiveReply:
     task: asyncio.Task[Any] | None
+    ref: int | None = None  # the Discord message it answers
     stop_note: str | None = None
+    keep_partial: bool = False  # stopped by its asker: store what was written, marked stopped
 
 
 class ChatEngine:
@@ -146,6 +153,8 @@ class ChatEngine:
         sink: ReplySink,
         *,
         user_id: int | None = None,
+        ref: int | None = None,
+        regenerate: bool = False,
         on_position: Callable[[int], None] | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         on_first_text: Callable[[], Awaitable[None]] | None = None,
@@ -175,7 +184,7 @@ class ChatEngine:
             )
             return ReplyOutcome("refused")
         task = asyncio.current_task()
-        reply = _ActiveReply(task)
+        reply = _ActiveReply(task, ref)
         if task is not None:
             self._replies[task] = reply
         ticket = self.queue.enter(conversation, user_id, on_position)
@@ -195,7 +204,7 @@ class ChatEngine:
             if on_start is not None:
                 await on_start()
             return await self._respond_locked(
-                conversation, user_text, sink, reply, ticket, on_first_text, log_fields
+                conversation, user_text, sink, reply, ticket, regenerate, on_first_text, log_fields
             )
         finally:
             ticket.done()
@@ -213,6 +222,7 @@ class ChatEngine:
         sink: ReplySink,
         active: _ActiveReply,
         ticket: Ticket,
+        regenerate: bool,
         on_first_text: Callable[[], Awaitable[None]] | None,
         log_fields: str,
     ) -> ReplyOutcome:
@@ -230,10 +240,25 @@ class ChatEngine:
         stats: Mapping[str, int] = {}
         outcome: ReplyOutcome
         model = settings.ollama_model
+        user_turn = Turn("user", user_text, ref=active.ref)
+        replacing: list[int] = []
         try:
             state, model, system_prompt = await self.conversation_settings(conversation)
             turns = await self.store.load(conversation, after=state.window_start)
-            user_turn = Turn("user", user_text)
+            if regenerate:
+                # Only the latest exchange can be answered again: it is replaced on success.
+                last = turns[-2:]
+                if not (
+                    len(last) == 2
+                    and last[0].role == "user"
+                    and last[0].ref == active.ref
+                    and last[1].role == "assistant"
+                ):
+                    await sink.finish(NOT_LATEST)
+                    return ReplyOutcome("refused")
+                replacing = [t.id for t in last]
+                user_turn = Turn("user", last[0].content, ref=active.ref)
+                turns = turns[:-2]
             prepared = await self.context.prepare(
                 conversation, state, model, system_prompt, turns, user_turn
             )
@@ -315,9 +340,14 @@ class ChatEngine:
                     log_fields,
                 )
                 return ReplyOutcome("empty", text, metrics=stats)
-            await sink.finish()
-            if self._generation.get(conversation, 0) == generation:
-                await self.store.append(conversation, [user_turn, Turn("assistant", text)])
+            keep = self._generation.get(conversation, 0) == generation
+            await sink.finish(stored=keep)
+            if keep:
+                exchange = [user_turn, Turn("assistant", text)]
+                if replacing:
+                    await self.store.replace(conversation, replacing, exchange)
+                else:
+                    await self.store.append(conversation, exchange)
                 completed = True
             self.context.observe(prepared, stats)
             outcome = ReplyOutcome("ok", text, metrics=stats)
@@ -352,11 +382,29 @@ class ChatEngine:
                 len(text),
                 log_fields,
             )
+            ticket.release_slot()
+            # Stopped by its asker: what was written stays, in the history too, marked stopped.
+            keep = (
+                active.keep_partial
+                and bool(text.strip())
+                and self._generation.get(conversation, 0) == generation
+            )
             try:
-                await sink.finish(note)
+                await sink.finish(note, stored=keep)
+                if keep:
+                    exchange = [user_turn, Turn("assistant", f"{text}\n\n{STOPPED_MARK}")]
+                    if replacing:
+                        await self.store.replace(conversation, replacing, exchange)
+                    else:
+                        await self.store.append(conversation, exchange)
             except Exception:  # the reply is being torn down; the log line above says why
                 log.exception("event=stop_note_failed conversation=%s", conversation)
-            raise
+            if not active.keep_partial:
+                raise
+            # Our own Stop, fully handled: the task goes on as if never cancelled.
+            if (current := asyncio.current_task()) is not None:
+                current.uncancel()
+            return ReplyOutcome("stopped", text)
         finally:
             if metrics:
                 metrics.requests_in_flight.dec()
@@ -378,6 +426,17 @@ class ChatEngine:
             await self.store.clear(conversation)
         log.info("event=reset conversation=%s stopped_reply=%s", conversation, stopped)
         return stopped
+
+    def stop(self, conversation: str, ref: int) -> bool:
+        """Stop the reply to message ``ref`` (Stop button): it keeps what it wrote, also in
+        the history, marked as stopped. False if that reply is not streaming."""
+        active = self._active.get(conversation)
+        if active is None or active.ref != ref or active.task is None or active.task.done():
+            return False
+        active.stop_note = STOPPED_NOTE
+        active.keep_partial = True
+        active.task.cancel()
+        return True
 
     async def shutdown(self, *, grace: float, stop_note: str) -> None:
         """Take no new turns; let replies in flight finish for up to ``grace`` seconds, then

@@ -20,20 +20,24 @@ import discord
 from discord import app_commands
 
 from .conversation import ChatEngine, Clock
-from .discord_scheduler import DiscordLimits, DiscordScheduler
+from .discord_scheduler import CURRENT_PRIORITY, DiscordLimits, DiscordScheduler, Priority
 from .health import HealthServer
 from .history_store import HistoryStore, open_history_store
 from .metrics import Metrics, RateLimitLogCounter
 from .model_manager import ModelManager, PullTracker
 from .ollama import OllamaClient, OllamaError, model_matches
-from .reply_writer import EditThrottle
+from .reply_buttons import RegenerateButton, StopButton, controls_view
+from .reply_writer import Controls, EditThrottle
 from .settings import Settings
 from .user_messages import (
     BUSY,
+    BUTTON_EXPIRED,
     HINT,
     INTERNAL_ERROR,
     NOT_ADMIN,
     NOT_CONFIGURATOR,
+    NOT_YOURS_TO_REGENERATE,
+    NOT_YOURS_TO_STOP,
     ONE_AT_A_TIME,
     RESET_DONE,
     RESET_STOPPED,
@@ -76,10 +80,24 @@ class DiscordReplyTarget:
     MISSING_ACCESS = 50001
     MISSING_PERMISSIONS = 50013
 
-    def __init__(self, source: discord.Message, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        source: discord.Message,
+        metrics: Metrics | None = None,
+        *,
+        asker: int | None = None,
+        asked: int | None = None,
+        existing: discord.Message | None = None,
+    ) -> None:
         self.source = source
         self.metrics = metrics
-        self.messages: list[discord.Message | None] = []
+        self.asker = asker if asker is not None else source.author.id
+        self.asked = asked if asked is not None else source.id
+        # Regenerate writes over the earlier answer's first message.
+        self.messages: list[discord.Message | None] = [existing] if existing else []
+
+    def _view(self, controls: Controls) -> discord.ui.View:
+        return controls_view(controls, self.source.channel.id, self.asked, self.asker)
 
     def _log(self, action: str, exc: discord.HTTPException, index: int) -> None:
         if self.metrics:
@@ -97,12 +115,15 @@ class DiscordReplyTarget:
     def _fatal(self, exc: discord.HTTPException) -> bool:
         return exc.code in (self.UNKNOWN_CHANNEL, self.MISSING_ACCESS, self.MISSING_PERMISSIONS)
 
-    async def send(self, index: int, text: str, *, final: bool) -> bool:
+    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool:
         # fail_if_not_exists=False: if the user deleted their message, still answer.
         reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
         message: discord.Message | None = None
+        extra: dict[str, Any] = {}
+        if controls is not None and controls is not Controls.NONE:
+            extra["view"] = self._view(controls)
         try:
-            message = await self.source.channel.send(text, reference=reference)  # type: ignore[arg-type]
+            message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
             if self.metrics:
                 self.metrics.discord_updates.labels(kind="send").inc()
         except discord.HTTPException as exc:
@@ -115,19 +136,22 @@ class DiscordReplyTarget:
             self.messages.append(message)
         return True
 
-    async def edit(self, index: int, text: str, *, final: bool) -> bool:
+    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool:
         message = self.messages[index]
         if message is None:  # its send failed: try again as a new message
-            return await self.send(index, text, final=final)
+            return await self.send(index, text, controls=controls)
+        extra: dict[str, Any] = {}
+        if controls is not None:
+            extra["view"] = None if controls is Controls.NONE else self._view(controls)
         try:
-            await message.edit(content=text)
+            await message.edit(content=text, **extra)
             if self.metrics:
                 self.metrics.discord_updates.labels(kind="edit").inc()
         except discord.NotFound as exc:
             self._log("edit", exc, index)
             if exc.code == self.UNKNOWN_MESSAGE:
                 # Someone deleted the reply mid-stream: carry on in a new message.
-                return await self.send(index, text, final=final)
+                return await self.send(index, text, controls=controls)
             return False
         except discord.HTTPException as exc:
             # The next update carries the full text again; a final one is logged as lost.
@@ -177,6 +201,7 @@ class OllacordBot(discord.Client):
         )
         self.tree = app_commands.CommandTree(self)
         self.gateway_connected = False
+        self._latest_answer: dict[int, discord.Message] = {}
         self.scheduler = DiscordScheduler(
             clock, edit_interval=settings.edit_interval, limits=discord_limits
         )
@@ -199,6 +224,8 @@ class OllacordBot(discord.Client):
         if opener is not None:
             await opener()
         logging.getLogger("discord.http").addHandler(self._rate_limit_counter)
+        # Stop/Regenerate clicks reach the bot even on messages sent before a restart.
+        self.add_dynamic_items(StopButton, RegenerateButton)
         # Every REST call counts against Discord's global budget: plan it in one place.
         self.scheduler.wrap_http(self.http)
         if self._health is not None:
@@ -359,17 +386,21 @@ class OllacordBot(discord.Client):
                 typing.cancel()
 
         try:
-            await self.engine.respond(
+            outcome = await self.engine.respond(
                 conversation,
                 text,
                 writer,
                 user_id=message.author.id,
+                ref=message.id,
                 on_position=show_position,
                 on_start=start_typing,
                 on_first_text=stop_typing,
                 log_fields=f"channel={message.channel.id} message={message.id} "
                 f"author={message.author.id}",
             )
+            if writer.controls is Controls.REGENERATE and target.messages:
+                await self._latest_answer_is(message.channel.id, target.messages[0])
+            del outcome
         except Exception:
             # Not an Ollama failure (those are answered by the engine): a bug or Discord itself.
             # Log the traceback, and still tell the user something went wrong.
@@ -383,6 +414,86 @@ class OllacordBot(discord.Client):
                 typing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await typing
+
+    async def _latest_answer_is(self, channel_id: int, answer: discord.Message | None) -> None:
+        """Only the latest answer of a channel can be regenerated: the previous one loses its
+        button (after a restart, an old button says so when clicked)."""
+        previous = self._latest_answer.get(channel_id)
+        if answer is not None:
+            self._latest_answer[channel_id] = answer
+        if previous is None or (answer is not None and previous.id == answer.id):
+            return
+        token = CURRENT_PRIORITY.set(Priority.STATUS)
+        try:
+            await previous.edit(view=None)
+        except discord.HTTPException as exc:
+            log.info("event=remove_button_failed message=%s cause=%r", previous.id, exc.text)
+        finally:
+            CURRENT_PRIORITY.reset(token)
+
+    async def reply_button(
+        self,
+        interaction: discord.Interaction,
+        action: str,
+        channel_id: int,
+        asked: int,
+        asker: int,
+    ) -> None:
+        """Stop: the asker or a member with Manage Messages. Regenerate: the asker."""
+        conversation = conversation_id(channel_id)
+        user = interaction.user.id
+        if action == "stop":
+            manager = interaction.guild is not None and interaction.permissions.manage_messages
+            if user != asker and not manager:
+                await interaction.response.send_message(NOT_YOURS_TO_STOP, ephemeral=True)
+                return
+            if self.engine.stop(conversation, asked):
+                log.info("event=stop_button channel=%s asked=%s user=%s", channel_id, asked, user)
+                await interaction.response.defer()
+            else:
+                await interaction.response.send_message(BUTTON_EXPIRED, ephemeral=True)
+            return
+        if user != asker:
+            await interaction.response.send_message(NOT_YOURS_TO_REGENERATE, ephemeral=True)
+            return
+        message = interaction.message
+        channel = interaction.channel
+        if message is None or not isinstance(channel, discord.abc.Messageable):
+            await interaction.response.send_message(BUTTON_EXPIRED, ephemeral=True)
+            return
+        if self.engine.queue.has_pending(conversation, user):
+            await interaction.response.send_message(ONE_AT_A_TIME, ephemeral=True)
+            return
+        # Acknowledge at once (3 s), then answer again into the same message.
+        await interaction.response.defer()
+        log.info("event=regenerate_button channel=%s asked=%s user=%s", channel_id, asked, user)
+        try:
+            question = await channel.fetch_message(asked)
+        except discord.HTTPException:
+            question = None
+        source = question if question is not None else message
+        target = DiscordReplyTarget(
+            source, self.metrics, asker=asker, asked=asked, existing=message
+        )
+        writer = self.scheduler.reply(channel_id, target)
+        writer.shown = [message.content]
+        writer.shown_controls = Controls.REGENERATE
+        outcome = await self.engine.respond(
+            conversation,
+            "",
+            writer,
+            user_id=user,
+            ref=asked,
+            regenerate=True,
+            log_fields=f"channel={channel_id} message={asked} author={user} regenerate=1",
+        )
+        if outcome.status == "refused":
+            with contextlib.suppress(discord.HTTPException):
+                await message.edit(view=None)  # the button no longer applies
+        elif writer.controls is Controls.REGENERATE:
+            await self._latest_answer_is(
+                channel_id, target.messages[0] if target.messages else None
+            )
 
     async def _acknowledge(
         self, message: discord.Message, text: str, *, reaction: str | None = "⏳"

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .reply_writer import MessageTarget, ReplyText
+from .reply_writer import Controls, MessageTarget, ReplyText
 from .splitter import DISCORD_LIMIT
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ class ScheduledReply:
         self.status: str | None = None  # e.g. "queued: 2 ahead", shown until text arrives
         self.shown: list[str] = []
         self.final = False
+        # Buttons: Stop while streaming; what finish() says once done (Regenerate if stored).
+        self.controls = Controls.STOP
+        self.shown_controls: Controls | None = None
         self.updates = 0
         self.last_update: float | None = None
         self.waiting_since = scheduler.clock()
@@ -136,9 +139,16 @@ class ScheduledReply:
 
     def pending(self) -> bool:
         desired = self.desired()
-        return len(desired) > len(self.shown) or any(
-            shown != want for shown, want in zip(self.shown, desired, strict=False)
+        return (
+            len(desired) > len(self.shown)
+            or any(shown != want for shown, want in zip(self.shown, desired, strict=False))
+            or (bool(self.shown) and self.shown_controls is not self._wanted_controls())
         )
+
+    def _wanted_controls(self) -> Controls:
+        if not self.content.messages() and not self.final:
+            return Controls.NONE  # a queue placeholder has nothing to stop yet
+        return self.controls
 
     def priority(self) -> Priority | None:
         """What kind of update is due, if any."""
@@ -164,11 +174,13 @@ class ScheduledReply:
         self.status = status
         self.scheduler.poke(self)
 
-    async def finish(self, note: str | None = None) -> None:
-        """The text is complete: write the final state now, and wait until Discord shows it."""
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+        """The text is complete: write the final state now, and wait until Discord shows it.
+        ``stored``: the reply is in the history (so it may be regenerated)."""
         if note:
             self.content.add_note(note)
         self.final = True
+        self.controls = Controls.REGENERATE if stored else Controls.NONE
         if not self.pending():
             self.scheduler.done(self)
             return
@@ -185,20 +197,26 @@ class ScheduledReply:
     def _give_up(self) -> None:
         """Discord refuses: stop trying (the target logged why)."""
         self.shown = self.desired()
+        self.shown_controls = self._wanted_controls()
         self._settle()
 
     async def push(self) -> None:
         """One REST call towards the wanted state: send the next message or edit one."""
         desired = self.desired()
-        final = self.final
+        controls = self._wanted_controls()
         for index, text in enumerate(desired):
             if index >= len(self.shown):
-                ok = await self.target.send(index, text, final=final and index == len(desired) - 1)
+                ok = await self.target.send(index, text, controls=controls if index == 0 else None)
                 self.shown.append(text)
+                if index == 0:
+                    self.shown_controls = controls
                 break
-            if self.shown[index] != text:
-                ok = await self.target.edit(index, text, final=final)
+            if self.shown[index] != text or (index == 0 and self.shown_controls is not controls):
+                changed = controls if index == 0 and self.shown_controls is not controls else None
+                ok = await self.target.edit(index, text, controls=changed)
                 self.shown[index] = text
+                if index == 0:
+                    self.shown_controls = controls
                 break
         else:
             self._settle()

@@ -31,6 +31,7 @@ class Turn:
     role: str
     content: str
     id: int = field(default=0, compare=False)
+    ref: int | None = field(default=None, compare=False)  # the Discord message it came from
 
     def as_message(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
@@ -65,6 +66,12 @@ class HistoryStore(Protocol):
 
     async def append(self, conversation: str, turns: Sequence[Turn]) -> list[Turn]:
         """Add turns atomically (all of them or none); returns them with their ids."""
+        ...
+
+    async def replace(
+        self, conversation: str, remove: Sequence[int], turns: Sequence[Turn]
+    ) -> list[Turn]:
+        """Remove the turns with ids ``remove`` and append ``turns``, atomically."""
         ...
 
     async def clear(self, conversation: str) -> None:
@@ -104,6 +111,13 @@ class MemoryHistoryStore:
         self._turns.setdefault(conversation, []).extend(stored)
         return stored
 
+    async def replace(
+        self, conversation: str, remove: Sequence[int], turns: Sequence[Turn]
+    ) -> list[Turn]:
+        kept = [t for t in self._turns.get(conversation, []) if t.id not in set(remove)]
+        self._turns[conversation] = kept
+        return await self.append(conversation, turns)
+
     async def clear(self, conversation: str) -> None:
         self._turns.pop(conversation, None)
         state = self._states.get(conversation)
@@ -131,7 +145,8 @@ CREATE TABLE IF NOT EXISTS turns (
     conversation TEXT NOT NULL,
     role TEXT NOT NULL,
     content TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    ref INTEGER
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation, id);
 CREATE TABLE IF NOT EXISTS conversations (
@@ -166,6 +181,9 @@ class SqliteHistoryStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(turns)")}
+            if "ref" not in columns:  # a database from before the Regenerate button
+                db.execute("ALTER TABLE turns ADD COLUMN ref INTEGER")
             self._db = db
         return self._db
 
@@ -187,30 +205,41 @@ class SqliteHistoryStore:
         rows = (
             self._connect()
             .execute(
-                "SELECT id, role, content FROM turns WHERE conversation = ? AND id > ? "
+                "SELECT id, role, content, ref FROM turns WHERE conversation = ? AND id > ? "
                 "AND id <= ? ORDER BY id",
                 (conversation, after, upto if upto is not None else 2**62),
             )
             .fetchall()
         )
-        return [Turn(role, content, id) for id, role, content in rows]
+        return [Turn(role, content, id, ref) for id, role, content, ref in rows]
 
     async def append(self, conversation: str, turns: Sequence[Turn]) -> list[Turn]:
         return await self._run(self._append, conversation, list(turns))
 
-    def _append(self, conversation: str, turns: list[Turn]) -> list[Turn]:
+    def _append(
+        self, conversation: str, turns: list[Turn], remove: Sequence[int] = ()
+    ) -> list[Turn]:
         db = self._connect()
         now = time.time()
         stored = []
         with _transaction(db):
+            db.executemany(
+                "DELETE FROM turns WHERE conversation = ? AND id = ?",
+                [(conversation, turn_id) for turn_id in remove],
+            )
             for turn in turns:
                 cursor = db.execute(
-                    "INSERT INTO turns (conversation, role, content, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (conversation, turn.role, turn.content, now),
+                    "INSERT INTO turns (conversation, role, content, created_at, ref) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (conversation, turn.role, turn.content, now, turn.ref),
                 )
                 stored.append(replace(turn, id=int(cursor.lastrowid or 0)))
         return stored
+
+    async def replace(
+        self, conversation: str, remove: Sequence[int], turns: Sequence[Turn]
+    ) -> list[Turn]:
+        return await self._run(self._append, conversation, list(turns), list(remove))
 
     async def clear(self, conversation: str) -> None:
         await self._run(self._clear, conversation)

@@ -7,6 +7,7 @@ Pure: :class:`ReplyText` decides the messages (splitting with :mod:`bot.splitter
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,15 +31,23 @@ class EditThrottle:
         self._last = self.clock()
 
 
+class Controls(enum.Enum):
+    """The buttons under a reply's first message."""
+
+    NONE = "none"
+    STOP = "stop"  # while it streams
+    REGENERATE = "regenerate"  # once it is stored as the channel's latest answer
+
+
 class MessageTarget(Protocol):
     """Where the messages of one reply go. Index 0 is the first message (the Discord reply).
 
-    ``final`` says the text will not change again (so e.g. a Stop button can go). Both return
-    False when Discord refuses for good (deleted channel, missing permission): stop trying."""
+    ``controls`` are the buttons to show on that message (None: leave them as they are). Both
+    return False when Discord refuses for good (deleted channel, missing permission)."""
 
-    async def send(self, index: int, text: str, *, final: bool) -> bool: ...
+    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool: ...
 
-    async def edit(self, index: int, text: str, *, final: bool) -> bool: ...
+    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool: ...
 
 
 class ReplyText:

@@ -37,6 +37,15 @@ NOT_CONFIGURATOR = (
 )
 ONE_AT_A_TIME = "⏳ You already have a question waiting here; I'll answer that one first."
 BUSY = "⏳ I'm busy with many questions right now. Please try again shortly."
+STOPPED_NOTE = "*(stopped)*"
+# How a stopped answer is kept in the history, so the model knows it was cut short.
+STOPPED_MARK = "[stopped by the user]"
+NOT_LATEST = "⚠️ This answer is no longer the latest one here, so it can't be regenerated."
+BUTTON_EXPIRED = (
+    "⌛ This button has expired: that reply is no longer running here (or the bot restarted)."
+)
+NOT_YOURS_TO_STOP = "⛔ Only the person who asked (or someone with Manage Messages) can stop it."
+NOT_YOURS_TO_REGENERATE = "⛔ Only the person who asked can regenerate this answer."
 INTERNAL_ERROR = (
     "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
 )

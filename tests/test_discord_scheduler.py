@@ -40,14 +40,14 @@ class Recorder:
         self.gate: asyncio.Event | None = None
         self.fail = False
 
-    async def send(self, index: int, text: str, *, final: bool) -> bool:
+    async def send(self, index: int, text: str, *, controls: object) -> bool:
         if self.gate is not None:
             await self.gate.wait()
         self.log.append((self.clock(), f"{self.name}:send", index, text))
         self.messages.append(text)
         return not self.fail
 
-    async def edit(self, index: int, text: str, *, final: bool) -> bool:
+    async def edit(self, index: int, text: str, *, controls: object) -> bool:
         self.log.append((self.clock(), f"{self.name}:edit", index, text))
         self.messages[index] = text
         return not self.fail
@@ -71,7 +71,7 @@ async def test_first_text_at_once_intermediate_edits_at_most_one_per_interval_fi
 ):
     scheduler, clock, log = make()
     reply = scheduler.reply(1, Recorder(clock, log, "a"))
-    times = [0.0, 0.5, 1.0, 1.5, 2.25]  # when each token arrives
+    times = [0.0, 0.5, 1.0, 1.5, 1.75]  # when each token arrives
     for now, token in zip(times, ["Hello", " there", ",", " friend", "!"], strict=True):
         clock.now = now
         await reply.feed(token)
@@ -80,7 +80,7 @@ async def test_first_text_at_once_intermediate_edits_at_most_one_per_interval_fi
     assert [(t, kind, text) for t, kind, _, text in log] == [
         (0.0, "a:send", "Hello"),  # the first text at once
         (1.0, "a:edit", "Hello there,"),  # 0.5 was too soon after 0.0
-        (2.25, "a:edit", "Hello there, friend!"),  # 1.5 was too soon; the final goes at once
+        (1.75, "a:edit", "Hello there, friend!"),  # 1.5 was too soon; the final goes at once
     ]
 
 
