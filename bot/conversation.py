@@ -33,7 +33,6 @@ from .think_filter import ThinkFilter
 from .user_messages import (
     EMPTY_REPLY,
     INTERRUPTED,
-    NOT_LATEST,
     STOPPED_MARK,
     STOPPED_NOTE,
     TOO_LONG,
@@ -254,7 +253,7 @@ class ChatEngine:
                     and last[0].ref == active.ref
                     and last[1].role == "assistant"
                 ):
-                    await sink.finish(NOT_LATEST)
+                    await sink.finish()  # leaves the earlier answer as it is
                     return ReplyOutcome("refused")
                 replacing = [t.id for t in last]
                 user_turn = Turn("user", last[0].content, ref=active.ref)
@@ -426,6 +425,14 @@ class ChatEngine:
             await self.store.clear(conversation)
         log.info("event=reset conversation=%s stopped_reply=%s", conversation, stopped)
         return stopped
+
+    async def latest_question(self, conversation: str) -> int | None:
+        """The Discord message id of the question whose answer is the conversation's latest."""
+        state = await self.store.get_state(conversation)
+        turns = (await self.store.load(conversation, after=state.window_start))[-2:]
+        if len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant":
+            return turns[0].ref
+        return None
 
     def stop(self, conversation: str, ref: int) -> bool:
         """Stop the reply to message ``ref`` (Stop button): it keeps what it wrote, also in

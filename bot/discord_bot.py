@@ -36,6 +36,7 @@ from .user_messages import (
     INTERNAL_ERROR,
     NOT_ADMIN,
     NOT_CONFIGURATOR,
+    NOT_LATEST,
     NOT_YOURS_TO_REGENERATE,
     NOT_YOURS_TO_STOP,
     ONE_AT_A_TIME,
@@ -463,6 +464,11 @@ class OllacordBot(discord.Client):
             return
         if self.engine.queue.has_pending(conversation, user):
             await interaction.response.send_message(ONE_AT_A_TIME, ephemeral=True)
+            return
+        if await self.engine.latest_question(conversation) != asked:
+            await interaction.response.send_message(NOT_LATEST, ephemeral=True)
+            with contextlib.suppress(discord.HTTPException):
+                await message.edit(view=None)  # the button no longer applies
             return
         # Acknowledge at once (3 s), then answer again into the same message.
         await interaction.response.defer()
