@@ -517,7 +517,9 @@ class OllacordBot(discord.Client):
             )
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
-        """Show "typing..." until the first words arrive (a cold model can take a minute)."""
+        """Show "typing..." until the first words arrive (a cold model can take a minute).
+        Lowest priority in the REST budget: under load, replies matter more than typing."""
+        CURRENT_PRIORITY.set(Priority.STATUS)
         with contextlib.suppress(discord.HTTPException):
             while True:
                 await channel.typing()
