@@ -19,6 +19,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from .access import AccessPolicy, NoticeLimiter, Verdict
 from .conversation import ChatEngine, Clock
 from .discord_scheduler import CURRENT_PRIORITY, DiscordLimits, DiscordScheduler, Priority
 from .health import HealthServer
@@ -32,15 +33,20 @@ from .settings import Settings
 from .user_messages import (
     BUSY,
     BUTTON_EXPIRED,
+    DM_BLOCKED,
+    DM_NOT_ALLOWED,
+    DMS_OFF,
     HINT,
     INTERNAL_ERROR,
     NOT_ADMIN,
     NOT_CONFIGURATOR,
+    NOT_FOR_YOU,
     NOT_LATEST,
     NOT_YOURS_TO_REGENERATE,
     NOT_YOURS_TO_STOP,
     ONE_AT_A_TIME,
     RESET_DONE,
+    RESET_REFUSED,
     RESET_STOPPED,
     RESTART_NOTE,
     RESTARTING,
@@ -59,6 +65,9 @@ log = logging.getLogger(__name__)
 ALLOWED_MENTIONS = discord.AllowedMentions(
     everyone=False, users=False, roles=False, replied_user=True
 )
+
+# A DM author's roles are looked up in the shared servers at most this often.
+DM_ROLE_CACHE_SECONDS = 300.0
 
 # Discord drops the typing indicator after 10 s; refresh it well before.
 TYPING_REFRESH_SECONDS = 8.0
@@ -203,6 +212,9 @@ class OllacordBot(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.gateway_connected = False
         self._latest_answer: dict[int, discord.Message] = {}
+        self.access = AccessPolicy.from_settings(settings)
+        self.notices = NoticeLimiter(clock)
+        self._dm_roles: dict[int, tuple[float, frozenset[int]]] = {}
         self.scheduler = DiscordScheduler(
             clock, edit_interval=settings.edit_interval, limits=discord_limits
         )
@@ -343,6 +355,8 @@ class OllacordBot(discord.Client):
         # Bots (ourselves included) are ignored so that two bots can never talk in a loop.
         if message.author.bot or not self.is_for_me(message):
             return
+        if not await self.may_talk(message):
+            return
         if self.engine.closing:
             # Stop taking new mentions during a graceful shutdown; say so rather than ignore.
             with contextlib.suppress(discord.HTTPException):
@@ -415,6 +429,99 @@ class OllacordBot(discord.Client):
                 typing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await typing
+
+    # --- access control ----------------------------------------------------------------------
+
+    @staticmethod
+    def channel_scope(channel: Any) -> list[int | None]:
+        """The channel, and what it belongs to: a thread's parent, the category above."""
+        ids: list[int | None] = [getattr(channel, "id", None)]
+        parent = getattr(channel, "parent", None)
+        if parent is not None:
+            ids.append(parent.id)
+            ids.append(getattr(parent, "category_id", None))
+        else:
+            ids.append(getattr(channel, "parent_id", None))
+        ids.append(getattr(channel, "category_id", None))
+        return ids
+
+    async def roles_in_shared_guilds(self, user: int) -> frozenset[int]:
+        """A DM author's roles in the servers the bot shares with them (asked over REST: the
+        bot does not need the privileged members intent); cached for a few minutes."""
+        cached = self._dm_roles.get(user)
+        now = self.clock()
+        if cached is not None and now - cached[0] < DM_ROLE_CACHE_SECONDS:
+            return cached[1]
+        roles: set[int] = set()
+        for guild in self.guilds:
+            member = guild.get_member(user)
+            if member is None:
+                try:
+                    member = await guild.fetch_member(user)
+                except discord.HTTPException:
+                    continue
+            roles.update(role.id for role in member.roles)
+        result = frozenset(roles)
+        self._dm_roles[user] = (now, result)
+        return result
+
+    async def may_talk(self, message: discord.Message) -> bool:
+        """The allow and block lists. In a channel that is not allowed the bot stays silent;
+        a refused person is told once an hour; a refused message never reaches the model."""
+        policy = self.access
+        user = message.author.id
+        if message.guild is None:
+            if not policy.allow_dms:
+                await self._refuse(message, "dm_off", DMS_OFF)
+                return False
+            roles = await self.roles_in_shared_guilds(user) if policy.needs_roles else frozenset()
+            verdict = policy.user_verdict(user, roles)
+            if verdict is not Verdict.ALLOWED:
+                reason = DM_BLOCKED if verdict is Verdict.BLOCKED else DM_NOT_ALLOWED
+                await self._refuse(message, "dm_refused", reason)
+                return False
+            return True
+        if not policy.channel_allowed(self.channel_scope(message.channel)):
+            log.debug("event=ignored reason=channel channel=%s", message.channel.id)
+            return False
+        roles = frozenset(r.id for r in getattr(message.author, "roles", ()))
+        verdict = policy.user_verdict(user, roles)
+        if verdict is not Verdict.ALLOWED:
+            await self._refuse(message, "refused", NOT_FOR_YOU)
+            return False
+        return True
+
+    async def _refuse(self, message: discord.Message, kind: str, text: str) -> None:
+        log.info(
+            "event=access_refused kind=%s channel=%s user=%s",
+            kind,
+            message.channel.id,
+            message.author.id,
+        )
+        if self.notices.should_tell(kind, message.author.id):
+            with contextlib.suppress(discord.HTTPException):
+                await message.channel.send(
+                    text, reference=message.to_reference(fail_if_not_exists=False)
+                )
+
+    async def may_reset(self, interaction: discord.Interaction) -> bool:
+        if self.is_admin(interaction):
+            return True
+        if self.access.reset_requires_admin:
+            return False
+        if interaction.guild is None:
+            if not self.access.allow_dms:
+                return False
+            roles = (
+                await self.roles_in_shared_guilds(interaction.user.id)
+                if self.access.needs_roles
+                else frozenset()
+            )
+        else:
+            if not self.access.channel_allowed(self.channel_scope(interaction.channel)):
+                return False
+            roles = frozenset(r.id for r in getattr(interaction.user, "roles", ()))
+        return self.access.user_verdict(interaction.user.id, roles) is Verdict.ALLOWED
 
     async def _latest_answer_is(self, channel_id: int, answer: discord.Message | None) -> None:
         """Only the latest answer of a channel can be regenerated: the previous one loses its
@@ -537,6 +644,9 @@ class OllacordBot(discord.Client):
                     "⚠️ This command only works in a channel, thread or DM.", ephemeral=True
                 )
                 return
+            if not await self.may_reset(interaction):
+                await interaction.response.send_message(RESET_REFUSED, ephemeral=True)
+                return
             conversation = conversation_id(interaction.channel_id)
             await self.engine.reset(conversation, stop_note=RESET_STOPPED)
             log.info(
@@ -588,7 +698,7 @@ class OllacordBot(discord.Client):
     def is_admin(self, interaction: discord.Interaction) -> bool:
         """ADMIN_USER_IDS, or Manage Server in the guild the command is used in. Checked by
         the bot itself: Discord's command visibility settings are not enough."""
-        if interaction.user.id in self.settings.admin_user_ids:
+        if interaction.user.id in self.access.admin_users:
             return True
         return interaction.guild is not None and interaction.permissions.manage_guild
 
@@ -697,7 +807,10 @@ class OllacordBot(discord.Client):
             f"**System prompt:** {'this channel' if state.system_prompt is not None else 'default'}"
             f"{'' if system_prompt else ' (empty)'}",
         ]
-        await interaction.followup.send("\n".join(lines), ephemeral=True)
+        if self.is_admin(interaction):
+            lines.append("")
+            lines.append(self.access.describe())
+        await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
 
     async def pull_command(self, interaction: discord.Interaction, model: str) -> None:
         if not self.is_admin(interaction):

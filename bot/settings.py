@@ -45,6 +45,13 @@ class Settings:
     health_port: int = 8080
     shutdown_grace: float = 8.0
     admin_user_ids: frozenset[int] = frozenset()
+    allowed_channel_ids: frozenset[int] = frozenset()
+    allowed_role_ids: frozenset[int] = frozenset()
+    allowed_user_ids: frozenset[int] = frozenset()
+    blocked_user_ids: frozenset[int] = frozenset()
+    blocked_role_ids: frozenset[int] = frozenset()
+    allow_dms: bool = True
+    reset_requires_admin: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -109,8 +116,20 @@ class Settings:
                 raise ConfigError(f"HEALTH_PORT must be a port number (0 disables), not {port!r}")
         if (grace := get("SHUTDOWN_GRACE")) is not None:
             values["shutdown_grace"] = _parse_float("SHUTDOWN_GRACE", grace, minimum=0.0)
-        if (admins := get("ADMIN_USER_IDS")) is not None:
-            values["admin_user_ids"] = parse_id_list("ADMIN_USER_IDS", admins)
+        for name in (
+            "ADMIN_USER_IDS",
+            "ALLOWED_CHANNEL_IDS",
+            "ALLOWED_ROLE_IDS",
+            "ALLOWED_USER_IDS",
+            "BLOCKED_USER_IDS",
+            "BLOCKED_ROLE_IDS",
+        ):
+            if (ids := get(name)) is not None:
+                values[name.lower()] = parse_id_list(name, ids)
+        if (dms := get("ALLOW_DMS")) is not None:
+            values["allow_dms"] = _parse_bool("ALLOW_DMS", dms)
+        if (reset := get("RESET_REQUIRES_ADMIN")) is not None:
+            values["reset_requires_admin"] = _parse_bool("RESET_REQUIRES_ADMIN", reset)
         if (level := get("LOG_LEVEL")) is not None:
             level = level.upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -46,6 +46,16 @@ BUTTON_EXPIRED = (
 )
 NOT_YOURS_TO_STOP = "⛔ Only the person who asked (or someone with Manage Messages) can stop it."
 NOT_YOURS_TO_REGENERATE = "⛔ Only the person who asked can regenerate this answer."
+NOT_FOR_YOU = (
+    "⛔ Sorry, I'm not available to you here. Ask the server's admins if you think you should be."
+)
+DMS_OFF = "⛔ I don't answer direct messages. Mention me in a server channel instead."
+DM_NOT_ALLOWED = (
+    "⛔ I only answer DMs from members with an allowed role in a server we share, and I couldn't "
+    "find one for you."
+)
+DM_BLOCKED = "⛔ Sorry, I'm not available to you."
+RESET_REFUSED = "⛔ You can't reset this conversation here."
 INTERNAL_ERROR = (
     "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
 )
