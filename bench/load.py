@@ -543,6 +543,9 @@ def bot_env(config: Config, discord: FakeDiscord, ollama: FakeOllama, tmp: Path,
         "HEALTH_HOST": "127.0.0.1",
         "HEALTH_PORT": str(port),
         "MAX_CONCURRENT": str(config.slots),
+        # Room for every mention of the run: beyond QUEUE_LIMIT the bot answers "busy, try
+        # again shortly", which is a refusal by design, not what this run measures.
+        "QUEUE_LIMIT": str(max(25, config.channels * config.mentions)),
         "SHUTDOWN_GRACE": "2",
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "text",
