@@ -401,7 +401,7 @@ class OllacordBot(discord.Client):
                 typing.cancel()
 
         try:
-            outcome = await self.engine.respond(
+            await self.engine.respond(
                 conversation,
                 text,
                 writer,
@@ -415,7 +415,6 @@ class OllacordBot(discord.Client):
             )
             if writer.controls is Controls.REGENERATE and target.messages:
                 await self._latest_answer_is(message.channel.id, target.messages[0])
-            del outcome
         except Exception:
             # Not an Ollama failure (those are answered by the engine): a bug or Discord itself.
             # Log the traceback, and still tell the user something went wrong.

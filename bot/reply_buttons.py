@@ -44,38 +44,28 @@ class _ReplyButton(
         await bot.reply_button(interaction, self.action, self.channel, self.asked, self.user)
 
 
+def _button(action: str, label: str, emoji: str, channel: int, asked: int, user: int) -> Any:
+    return discord.ui.Button(
+        label=label,
+        emoji=emoji,
+        style=discord.ButtonStyle.secondary,
+        custom_id=f"ollacord:{action}:{channel}:{asked}:{user}",
+    )
+
+
 class StopButton(_ReplyButton, template=rf"ollacord:stop:{_IDS}"):
     action = "stop"
 
     def __init__(self, channel: int, asked: int, user: int) -> None:
-        super().__init__(
-            channel,
-            asked,
-            user,
-            discord.ui.Button(
-                label="Stop",
-                emoji="⏹️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"ollacord:stop:{channel}:{asked}:{user}",
-            ),
-        )
+        super().__init__(channel, asked, user, _button("stop", "Stop", "⏹️", channel, asked, user))
 
 
 class RegenerateButton(_ReplyButton, template=rf"ollacord:regenerate:{_IDS}"):
     action = "regenerate"
 
     def __init__(self, channel: int, asked: int, user: int) -> None:
-        super().__init__(
-            channel,
-            asked,
-            user,
-            discord.ui.Button(
-                label="Regenerate",
-                emoji="🔄",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"ollacord:regenerate:{channel}:{asked}:{user}",
-            ),
-        )
+        button = _button("regenerate", "Regenerate", "🔄", channel, asked, user)
+        super().__init__(channel, asked, user, button)
 
 
 def controls_view(controls: Controls, channel: int, asked: int, user: int) -> discord.ui.View:
