@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import copy
 import functools
 import hashlib
@@ -56,6 +55,8 @@ from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
+
+from tests.threaded_server import ThreadedServer
 
 __all__ = ["FakeDiscord", "RecordedRequest"]
 
@@ -410,19 +411,12 @@ class _Call:
         return self.body
 
 
-class _RealClockLoop(asyncio.SelectorEventLoop):
-    """An event loop timed by ``perf_counter``: immune to a patched ``time.monotonic``."""
-
-    def time(self) -> float:
-        return time.perf_counter()
-
-
 # --------------------------------------------------------------------------------------------
 # The fake
 # --------------------------------------------------------------------------------------------
 
 
-class FakeDiscord:
+class FakeDiscord(ThreadedServer):
     """A fake Discord on 127.0.0.1: REST under ``/api/v10`` and the gateway at ``/gateway``.
 
     Modelled (because discord.py or the bot depends on it):
@@ -493,6 +487,7 @@ class FakeDiscord:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host, port)
         self.message_limit = message_limit
         self.message_window = message_window
         self.global_limit = global_limit
@@ -508,8 +503,6 @@ class FakeDiscord:
         self.heartbeat_interval = heartbeat_interval
         self.message_content_allowed = message_content_allowed
         self.token = token
-        self.host = host
-        self.port = port
         self.api_url = ""
         self.gateway_url = ""
 
@@ -566,44 +559,17 @@ class FakeDiscord:
         self._owner_id = self._new_id()
         self._users[self._owner_id] = self._user_object(self._owner_id, "owner", None, bot=False)
 
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._startup_error: BaseException | None = None
         self._transports: set[asyncio.Transport] = set()
         self._routes = self._build_routes()
 
     # ================================================================ lifecycle
 
+    name = "fake-discord"
+
     def start(self) -> FakeDiscord:
         """Start the server thread; returns once the socket is listening."""
-        if self._thread is not None:
-            raise RuntimeError("FakeDiscord already started")
-        # A fresh context: nothing from the caller's context (e.g. a SimCord scope) leaks in.
-        ctx = contextvars.Context()
-        self._thread = threading.Thread(
-            target=ctx.run, args=(self._thread_main,), name="fake-discord", daemon=True
-        )
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("fake Discord did not start within 10 s")
-        if self._startup_error is not None:
-            raise RuntimeError("fake Discord failed to start") from self._startup_error
+        super().start()
         return self
-
-    def stop(self) -> None:
-        """Stop serving: websockets get a 1001 close, other connections are aborted, and the
-        thread is joined. Idempotent."""
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is None:
-            return
-        if loop is not None and stop_event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(10)
-        if thread.is_alive():
-            raise RuntimeError("fake Discord thread did not stop")
 
     def __enter__(self) -> FakeDiscord:
         return self.start()
@@ -611,52 +577,26 @@ class FakeDiscord:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _thread_main(self) -> None:
-        loop = _RealClockLoop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._startup_error = exc
-        finally:
-            self._started.set()
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            asyncio.set_event_loop(None)
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop_event = asyncio.Event()
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("GET", "/gateway", self._gateway)
         app.router.add_route("*", "/{tail:.*}", self._rest)
-        runner = web.AppRunner(
-            app, shutdown_timeout=0.2, handler_cancellation=True, access_log=None
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-            self.port = int(runner.addresses[0][1])
-            self.api_url = f"http://{self.host}:{self.port}/api/v10"
-            self.gateway_url = f"ws://{self.host}:{self.port}/gateway"
-            self._started.set()
-            await self._stop_event.wait()
-        finally:
-            closing = [conn.ws.close(code=1001) for conn in list(self._connections)]
-            if closing:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        asyncio.gather(*closing, return_exceptions=True), timeout=1.0
-                    )
-            for transport in list(self._transports):
-                transport.abort()
-            await runner.cleanup()
+        return app
+
+    def listening(self) -> None:
+        self.api_url = f"http://{self.host}:{self.port}/api/v10"
+        self.gateway_url = f"ws://{self.host}:{self.port}/gateway"
+
+    async def closing(self) -> None:
+        # Websockets get a 1001 close (going away), other connections are cut.
+        closing = [conn.ws.close(code=1001) for conn in list(self._connections)]
+        if closing:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.gather(*closing, return_exceptions=True), timeout=1.0
+                )
+        for transport in list(self._transports):
+            transport.abort()
 
     # ================================================================ control API: world
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import contextvars
 import hashlib
 import json
 import math
@@ -45,6 +43,8 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+
+from tests.threaded_server import ThreadedServer
 
 __all__ = [
     "FakeOllama",
@@ -978,19 +978,12 @@ def _chat_obj(
     return obj
 
 
-class _RealClockLoop(asyncio.SelectorEventLoop):
-    """An event loop timed by ``perf_counter``: immune to SimCord's ``time.monotonic`` patch."""
-
-    def time(self) -> float:
-        return time.perf_counter()
-
-
 # --------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------
 
 
-class FakeOllama:
+class FakeOllama(ThreadedServer):
     """A fake Ollama server on 127.0.0.1, running in its own thread and event loop.
 
     Behaviours follow §7a of the protocol reference. Simplifications (on purpose):
@@ -1027,6 +1020,7 @@ class FakeOllama:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host, port)
         self.legacy_not_found = legacy_not_found
         self.num_parallel = num_parallel
         self.max_queue = max_queue
@@ -1047,8 +1041,6 @@ class FakeOllama:
         # a Reply (to script errors for some requests only), or None for "You said: ...".
         self.responder: Callable[[list[dict[str, Any]]], str | Reply | None] | None = None
         self._prompt_cache: dict[str, list[str]] = {}
-        self.host = host
-        self.port = port
         self.url = ""
 
         self.requests: list[RecordedRequest] = []
@@ -1069,12 +1061,6 @@ class FakeOllama:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._rng = random.Random(0)
 
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-        self._stopping = False
         self._transports: set[asyncio.Transport] = set()
         self._routes: dict[str, dict[str, _Handler]] = {
             "/": {"GET": self._root, "HEAD": self._root},
@@ -1088,35 +1074,12 @@ class FakeOllama:
 
     # ---------------------------------------------------------------- public API
 
+    name = "fake-ollama"
+
     def start(self) -> FakeOllama:
         """Start the server thread; returns once the socket is listening."""
-        if self._thread is not None:
-            raise RuntimeError("FakeOllama already started")
-        # A fresh context: nothing from the caller's (possibly SimCord-scoped) context leaks in.
-        ctx = contextvars.Context()
-        self._thread = threading.Thread(
-            target=ctx.run, args=(self._thread_main,), name="fake-ollama", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake Ollama did not start within 10 s")
-        if self._startup_error is not None:
-            raise RuntimeError("fake Ollama failed to start") from self._startup_error
+        super().start()
         return self
-
-    def stop(self) -> None:
-        """Stop serving: open connections are closed at once (like a server restart), hung
-        handlers are cancelled, and the thread is joined."""
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is None:
-            return
-        if loop is not None and stop_event is not None and not loop.is_closed():
-            # The loop may have closed on its own (startup failure): nothing left to stop.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(10)
-        if thread.is_alive():
-            raise RuntimeError("fake Ollama thread did not stop")
 
     def __enter__(self) -> FakeOllama:
         return self.start()
@@ -1203,46 +1166,18 @@ class FakeOllama:
 
     # ---------------------------------------------------------------- thread and loop
 
-    def _thread_main(self) -> None:
-        loop = _RealClockLoop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._startup_error = exc
-        finally:
-            self._ready.set()
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            asyncio.set_event_loop(None)
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop_event = asyncio.Event()
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(
-            app, shutdown_timeout=0.2, handler_cancellation=True, access_log=None
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-            address = runner.addresses[0]
-            self.port = int(address[1])
-            self.url = f"http://{self.host}:{self.port}"
-            self._ready.set()
-            await self._stop_event.wait()
-        finally:
-            self._stopping = True
-            for transport in list(self._transports):
-                transport.abort()
-            await runner.cleanup()
+        return app
+
+    def listening(self) -> None:
+        self.url = f"http://{self.host}:{self.port}"
+
+    async def closing(self) -> None:
+        # Like a server restart: open connections are cut, hung handlers are cancelled.
+        for transport in list(self._transports):
+            transport.abort()
 
     # ---------------------------------------------------------------- dispatch
 
