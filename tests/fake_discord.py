@@ -872,31 +872,6 @@ class FakeDiscord(ThreadedServer):
         with self._lock:
             return copy.deepcopy(self._guild_commands.get(guild_id, {}))
 
-    def wait_for(self, predicate: Callable[[FakeDiscord], bool], timeout: float = 5.0) -> bool:
-        """Poll ``predicate(self)`` until true or ``timeout`` real seconds pass.
-
-        Blocks the calling thread: from a coroutine whose loop runs the client, use
-        :meth:`wait_for_async`, or the client never gets to act."""
-        deadline = time.perf_counter() + timeout
-        while not predicate(self):
-            if time.perf_counter() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    async def wait_for_async(
-        self,
-        predicate: Callable[[FakeDiscord], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - same signature as wait_for; it only polls
-    ) -> bool:
-        """Like :meth:`wait_for`, without blocking the caller's event loop."""
-        deadline = time.perf_counter() + timeout
-        while not predicate(self):
-            if time.perf_counter() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
-
     # ================================================================ cross-thread plumbing
 
     def _in_loop_thread(self) -> bool:

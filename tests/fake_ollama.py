@@ -1138,32 +1138,6 @@ class FakeOllama(ThreadedServer):
                 if v.expires_ns > now and k in self._models
             ]
 
-    def wait_for(self, predicate: Callable[[FakeOllama], bool], timeout: float = 5.0) -> bool:
-        """Poll ``predicate(self)`` until true or ``timeout`` (real) seconds.
-
-        This blocks the calling thread. Called from a coroutine, it also freezes that event loop:
-        fine when only the fake has to act (e.g. count a cancel), a deadlock when the client that
-        must act runs on the same loop. Use :meth:`wait_for_async` (or settle the loop) then."""
-        deadline = time.perf_counter() + timeout
-        while not predicate(self):
-            if time.perf_counter() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    async def wait_for_async(
-        self,
-        predicate: Callable[[FakeOllama], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - same signature as wait_for; it only polls
-    ) -> bool:
-        """Like :meth:`wait_for`, without blocking the caller's event loop."""
-        deadline = time.perf_counter() + timeout
-        while not predicate(self):
-            if time.perf_counter() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
-
     # ---------------------------------------------------------------- thread and loop
 
     def build_app(self) -> web.Application:

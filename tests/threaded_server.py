@@ -12,6 +12,8 @@ import contextlib
 import contextvars
 import threading
 import time
+from collections.abc import Callable
+from typing import Self
 
 from aiohttp import web
 
@@ -76,6 +78,31 @@ class ThreadedServer:
         thread.join(10)
         if thread.is_alive():
             raise RuntimeError(f"{self.name} thread did not stop")
+
+    def wait_for(self, predicate: Callable[[Self], bool], timeout: float = 5.0) -> bool:
+        """Poll ``predicate(self)`` until true or ``timeout`` real seconds pass.
+
+        This blocks the calling thread: from a coroutine whose loop runs the client that must
+        act, use :meth:`wait_for_async`, or the client never gets to act."""
+        deadline = time.perf_counter() + timeout
+        while not predicate(self):
+            if time.perf_counter() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    async def wait_for_async(
+        self,
+        predicate: Callable[[Self], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 - same signature as wait_for; it only polls
+    ) -> bool:
+        """Like :meth:`wait_for`, without blocking the caller's event loop."""
+        deadline = time.perf_counter() + timeout
+        while not predicate(self):
+            if time.perf_counter() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     def _thread_main(self) -> None:
         loop = RealClockLoop()
