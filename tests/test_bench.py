@@ -15,3 +15,10 @@ async def test_context_benchmark_runs_and_our_strategy_stays_within_budget(
     ours = out.split("\nours", 1)[1]
     assert "over the 3,072-token budget: never" in ours
     assert "everything" in out and "slide" in out
+
+
+async def test_per_token_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import per_token
+
+    micros = await per_token.measure(500)
+    assert micros > 0

@@ -1,0 +1,63 @@
+"""Benchmark: the bot's own CPU cost per streamed token, without sockets or Discord.
+
+Feeds Ollama's wire lines (one token each, as the server flushes them) through the NDJSON
+reader, ChatChunk parsing and a scheduled Discord reply (splitting into messages, deciding
+whether an update is due), exactly as a reply does, and prints microseconds of CPU per token.
+bench/load.py measures the whole process under load (sockets, discord.py, the gateway); this
+isolates the part the bot's own code adds.
+
+Run by hand: ``.venv/bin/python -m bench.per_token``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from bot.discord_scheduler import DiscordScheduler
+from bot.ndjson import NdjsonDecoder
+from bot.ollama import ChatChunk
+from bot.reply_writer import Controls
+
+
+class NullTarget:
+    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool:
+        return True
+
+    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool:
+        return True
+
+
+LINE = (
+    b'{"model":"llama3.2","created_at":"2025-10-21T09:14:03.482091517Z",'
+    b'"message":{"role":"assistant","content":" word"},"done":false}\n'
+)
+
+
+async def measure(tokens: int) -> float:
+    scheduler = DiscordScheduler(time.monotonic, edit_interval=1.0)
+    reply = scheduler.reply(1, NullTarget())
+    decoder = NdjsonDecoder()
+    started = time.process_time()
+    for _ in range(tokens):
+        for obj in decoder.feed(LINE):
+            await reply.feed(ChatChunk.from_json(obj).content)
+    elapsed = time.process_time() - started
+    await reply.finish()
+    return elapsed / tokens * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=20_000)
+    tokens = parser.parse_args().tokens
+    micros = asyncio.run(measure(tokens))
+    print(
+        f"{tokens:,} tokens ({tokens * 5:,} characters, split into Discord messages): "
+        f"{micros:.1f} µs of CPU per token"
+    )
+
+
+if __name__ == "__main__":
+    main()
