@@ -359,18 +359,12 @@ class OllacordBot(discord.Client):
             return
         if self.engine.closing:
             # Stop taking new mentions during a graceful shutdown; say so rather than ignore.
-            with contextlib.suppress(discord.HTTPException):
-                await message.channel.send(
-                    RESTARTING, reference=message.to_reference(fail_if_not_exists=False)
-                )
+            await self.say(message, RESTARTING)
             return
         text = self.prompt_text(message)
         if not text:
             name = self.user.display_name if self.user else "bot"
-            await message.channel.send(
-                HINT.format(name=name),
-                reference=message.to_reference(fail_if_not_exists=False),
-            )
+            await self.say(message, HINT.format(name=name))
             return
         if message.guild is not None:
             # Several people share a channel's history: tell the model who is speaking.
@@ -498,10 +492,7 @@ class OllacordBot(discord.Client):
             message.author.id,
         )
         if self.notices.should_tell(kind, message.author.id):
-            with contextlib.suppress(discord.HTTPException):
-                await message.channel.send(
-                    text, reference=message.to_reference(fail_if_not_exists=False)
-                )
+            await self.say(message, text)
 
     async def may_reset(self, interaction: discord.Interaction) -> bool:
         if self.is_admin(interaction):
@@ -617,10 +608,13 @@ class OllacordBot(discord.Client):
                 return
             except discord.HTTPException:
                 pass  # no Add Reactions permission: say it in words
-        with contextlib.suppress(discord.HTTPException):
-            await message.channel.send(
-                text, reference=message.to_reference(fail_if_not_exists=False)
-            )
+        await self.say(message, text)
+
+    async def say(self, message: discord.Message, text: str) -> None:
+        """A one-message reply (hint, refusal, notice), sent through the scheduler like every
+        reply, so it counts against the channel's rate limit window too."""
+        target = DiscordReplyTarget(message, self.metrics)
+        await self.scheduler.reply(message.channel.id, target).finish(text)
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
         """Show "typing..." until the first words arrive (a cold model can take a minute).
