@@ -142,9 +142,6 @@ class ChatEngine:
         )
         return state, model, system
 
-    def is_busy(self, conversation: str) -> bool:
-        return conversation in self._active
-
     async def respond(
         self,
         conversation: str,
