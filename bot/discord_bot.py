@@ -242,9 +242,20 @@ class OllacordBot(discord.Client):
         # Every REST call counts against Discord's global budget: plan it in one place.
         self.scheduler.wrap_http(self.http)
         if self._health is not None:
-            await self._health.start()
-            # Only with metrics exposed: a timer that never stops would also keep SimCord busy.
-            self._spawn(self.metrics.watch_event_loop())
+            try:
+                await self._health.start()
+            except OSError as exc:
+                # E.g. the port is taken: the bot itself still works, so say why and go on.
+                log.error(
+                    "event=health_failed port=%d cause=%r fix='set HEALTH_PORT to a free port, "
+                    "or 0 to turn it off'",
+                    self.settings.health_port,
+                    str(exc),
+                )
+                self._health = None
+            else:
+                # Only with metrics exposed: a timer that never stops would keep SimCord busy.
+                self._spawn(self.metrics.watch_event_loop())
         # Slash commands only exist once synced; an unsynced /reset fails for users.
         await self.tree.sync()
         # Ollama may be down or the model missing: Discord comes up regardless, and this

@@ -92,3 +92,24 @@ def test_json_logs_lift_key_value_fields() -> None:
     assert entry["conversation"] == "discord:1"
     assert entry["level"] == "WARNING"
     assert entry["message"].startswith("event=reply")
+
+
+async def test_a_taken_health_port_is_logged_and_the_bot_goes_on(
+    fake_ollama: FakeOllama, caplog: Any
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        bot = OllacordBot(
+            settings_for(fake_ollama, {"HEALTH_PORT": str(port), "HEALTH_HOST": "127.0.0.1"})
+        )
+        bot.tree.sync = _no_sync  # type: ignore[method-assign]  # no Discord here
+        await bot.setup_hook()
+        await bot.close_resources()
+    assert bot._health is None
+    assert any("event=health_failed" in r.getMessage() for r in caplog.records)
+
+
+async def _no_sync() -> list[Any]:
+    return []
