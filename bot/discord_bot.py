@@ -125,48 +125,47 @@ class DiscordReplyTarget:
     def _fatal(self, exc: discord.HTTPException) -> bool:
         return exc.code in (self.UNKNOWN_CHANNEL, self.MISSING_ACCESS, self.MISSING_PERMISSIONS)
 
-    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool:
+    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | None:
         # fail_if_not_exists=False: if the user deleted their message, still answer.
         reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
-        message: discord.Message | None = None
         extra: dict[str, Any] = {}
         if controls is not None and controls is not Controls.NONE:
             extra["view"] = self._view(controls)
         try:
             message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
-            if self.metrics:
-                self.metrics.discord_updates.labels(kind="send").inc()
         except discord.HTTPException as exc:
             self._log("send", exc, index)
-            if self._fatal(exc):
-                return False
+            return False if self._fatal(exc) else None  # None: try again a little later
+        if self.metrics:
+            self.metrics.discord_updates.labels(kind="send").inc()
         if index < len(self.messages):
             self.messages[index] = message
         else:
             self.messages.append(message)
         return True
 
-    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool:
-        message = self.messages[index]
-        if message is None:  # its send failed: try again as a new message
+    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | None:
+        message = self.messages[index] if index < len(self.messages) else None
+        if message is None:
             return await self.send(index, text, controls=controls)
         extra: dict[str, Any] = {}
         if controls is not None:
             extra["view"] = None if controls is Controls.NONE else self._view(controls)
         try:
             await message.edit(content=text, **extra)
-            if self.metrics:
-                self.metrics.discord_updates.labels(kind="edit").inc()
         except discord.NotFound as exc:
             self._log("edit", exc, index)
             if exc.code == self.UNKNOWN_MESSAGE:
                 # Someone deleted the reply mid-stream: carry on in a new message.
+                self.messages[index] = None
                 return await self.send(index, text, controls=controls)
             return False
         except discord.HTTPException as exc:
-            # The next update carries the full text again; a final one is logged as lost.
+            # discord.py already retried 5xx; the scheduler tries again a little later.
             self._log("edit", exc, index)
-            return not self._fatal(exc)
+            return False if self._fatal(exc) else None
+        if self.metrics:
+            self.metrics.discord_updates.labels(kind="edit").inc()
         return True
 
 

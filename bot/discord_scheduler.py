@@ -100,6 +100,11 @@ class RateWindow:
         self._times.append(now)
 
 
+# A failed update is tried again after 0.5 s, 1 s, 2 s; then the reply stops trying.
+RETRIES = 3
+RETRY_DELAY = 0.5
+
+
 class ScheduledReply:
     """One reply's wanted state on Discord. The engine feeds it (never waiting for Discord);
     the scheduler makes Discord match it."""
@@ -124,6 +129,8 @@ class ScheduledReply:
         self.shown_controls: Controls | None = None
         self.updates = 0
         self.last_update: float | None = None
+        self.failures = 0  # updates in a row that Discord failed (for now)
+        self.retry_at: float | None = None
         self.waiting_since = scheduler.clock()
         self._delivered: asyncio.Future[None] | None = None
 
@@ -207,25 +214,36 @@ class ScheduledReply:
         for index, text in enumerate(desired):
             if index >= len(self.shown):
                 ok = await self.target.send(index, text, controls=controls if index == 0 else None)
-                self.shown.append(text)
-                if index == 0:
-                    self.shown_controls = controls
                 break
             if self.shown[index] != text or (index == 0 and self.shown_controls is not controls):
                 changed = controls if index == 0 and self.shown_controls is not controls else None
                 ok = await self.target.edit(index, text, controls=changed)
-                self.shown[index] = text
-                if index == 0:
-                    self.shown_controls = controls
                 break
         else:
             self._settle()
             return
-        self.updates += 1
-        self.last_update = self.scheduler.clock()
+        now = self.scheduler.clock()
+        self.last_update = now
+        if ok is None:
+            # Failed for now: the same update again after a pause, a few times, then give up.
+            self.failures += 1
+            if self.failures > RETRIES:
+                self._give_up()
+            else:
+                self.retry_at = now + RETRY_DELAY * 2 ** (self.failures - 1)
+            return
+        self.failures = 0
+        self.retry_at = None
         if ok is False:
             self._give_up()
             return
+        self.updates += 1
+        if index >= len(self.shown):
+            self.shown.append(text)
+        else:
+            self.shown[index] = text
+        if index == 0:
+            self.shown_controls = controls
         self._settle()
 
 
@@ -281,6 +299,8 @@ class DiscordScheduler:
         priority = reply.priority()
         if priority is None:
             return None
+        if reply.retry_at is not None and now < reply.retry_at:
+            return None
         if priority is Priority.STATUS and not reply.shown:
             return priority  # a waiting reply shows its place at once; updates are paced
         if priority in (Priority.INTERMEDIATE, Priority.STATUS):
@@ -316,6 +336,15 @@ class DiscordScheduler:
                 best = (*key, reply)
         return (best[2], best[0]) if best else None
 
+    def _next_retry(self, channel: int) -> float | None:
+        """When a failed update waits to be tried again (only these keep a pump waiting)."""
+        times = [
+            r.retry_at
+            for r in self._replies.get(channel, ())
+            if r.retry_at is not None and r.priority() is not None
+        ]
+        return min(times) if times else None
+
     async def _pump(self, channel: int) -> None:
         window = self._channel_windows.setdefault(
             channel, RateWindow(self.limits.channel_limit, self.limits.channel_window)
@@ -325,7 +354,11 @@ class DiscordScheduler:
                 now = self.clock()
                 choice = self._choose(channel, now)
                 if choice is None:
-                    return
+                    retry = self._next_retry(channel)
+                    if retry is None:
+                        return
+                    await self.sleep(max(0.0, retry - now))
+                    continue
                 reply, priority = choice
                 # Keep one slot of the channel's window for first and final texts.
                 keep = 0 if priority <= Priority.FINAL else 1

@@ -187,3 +187,29 @@ def test_rate_window_waits_exactly_until_a_slot_frees() -> None:
     assert window.wait(5.0) == 0.0
     # Keeping one slot free means both must have left: the call at 1.0 leaves at 6.0.
     assert window.wait(0.5, keep_free=1) == pytest.approx(5.5)
+
+
+async def test_a_final_edit_that_fails_for_now_is_tried_again_and_lands() -> None:
+    scheduler, clock, log = make()
+    target = Recorder(clock, log, "a")
+    reply = scheduler.reply(1, target)
+    await reply.feed("draft")
+    await drain()
+    failures = iter([None, None])  # Discord fails twice (a 500 after discord.py's retries)
+
+    async def flaky_edit(index: int, text: str, *, controls: object) -> bool | None:
+        result = next(failures, True)
+        if result:
+            target.messages[index] = text
+        log.append((clock(), f"edit:{result}", index, text))
+        return result
+
+    target.edit = flaky_edit  # type: ignore[method-assign]
+    await reply.feed(" done")
+    await asyncio.wait_for(reply.finish(), timeout=1)
+    assert target.messages == ["draft done"]
+    assert [(t, kind) for t, kind, _, _ in log[1:]] == [
+        (0.0, "edit:None"),
+        (0.5, "edit:None"),  # tried again after 0.5 s, then 1 s
+        (1.5, "edit:True"),
+    ]
