@@ -566,17 +566,6 @@ class FakeDiscord(ThreadedServer):
 
     name = "fake-discord"
 
-    def start(self) -> FakeDiscord:
-        """Start the server thread; returns once the socket is listening."""
-        super().start()
-        return self
-
-    def __enter__(self) -> FakeDiscord:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("GET", "/gateway", self._gateway)

@@ -1076,17 +1076,6 @@ class FakeOllama(ThreadedServer):
 
     name = "fake-ollama"
 
-    def start(self) -> FakeOllama:
-        """Start the server thread; returns once the socket is listening."""
-        super().start()
-        return self
-
-    def __enter__(self) -> FakeOllama:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def queue(self, *replies: Reply) -> None:
         """Script the next chat responses (thread-safe)."""
         with self._lock:

@@ -50,7 +50,13 @@ class ThreadedServer:
     async def closing(self) -> None:
         """Called in the server thread before the runner is cleaned up."""
 
-    def start(self) -> ThreadedServer:
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> Self:
         """Start the server thread; returns once the socket is listening."""
         if self._thread is not None:
             raise RuntimeError(f"{self.name} already started")
