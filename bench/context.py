@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.chat_engine import ChatEngine
 from bot.context_window import SUMMARY_INSTRUCTION, make_budget
-from bot.conversation import ChatEngine
 from bot.history_store import MemoryHistoryStore
 from bot.ollama import OllamaClient
 from bot.settings import Settings
+from bot.turn import QuietEvents, UserMessage
 from tests.fake_ollama import FakeOllama, Reply, count_prompt_tokens
 
 NUM_CTX = 4096
@@ -94,7 +95,7 @@ class Conversation:
             self.replies.append(f"Answer {i}: " + sentence(rng, rng.randint(40, 180)))
 
 
-class NullSink:
+class NullSink(QuietEvents):
     async def feed(self, delta: str) -> None:
         return None
 
@@ -183,7 +184,7 @@ async def run_ours(conversation: Conversation, budget: int) -> Result:
         engine = ChatEngine(client, MemoryHistoryStore(), settings, clock=time.monotonic)
         for text in conversation.user:
             before = len(fake.prompt_stats)
-            outcome = await engine.respond("bench", text, NullSink())
+            outcome = await engine.respond("bench", UserMessage(text), NullSink())
             assert outcome.status == "ok", outcome
             # Let a summary started after this reply finish before the next message, as it
             # would in a real conversation's pause between messages.

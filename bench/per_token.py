@@ -18,7 +18,7 @@ import time
 from bot.discord_scheduler import DiscordScheduler
 from bot.ndjson import NdjsonDecoder
 from bot.ollama import ChatChunk
-from bot.reply_writer import Controls
+from bot.reply_text import Controls
 
 
 class NullTarget:

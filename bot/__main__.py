@@ -13,7 +13,7 @@ import discord
 import yarl
 from dotenv import find_dotenv, load_dotenv
 
-from .discord_bot import create_bot
+from .discord import create_bot
 from .logging_setup import configure_logging
 from .settings import ConfigError, Settings
 

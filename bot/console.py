@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Callable
 from typing import TextIO
 
-from .conversation import ChatEngine
-from .history_store import open_history_store
-from .ollama import OllamaClient
+from .app import Services
 from .settings import Settings
+from .turn import QuietEvents, UserMessage
 
 CONSOLE_CONVERSATION = "console:default"
 
 
-class ConsoleSink:
+class ConsoleSink(QuietEvents):
     """Prints each delta as it arrives; a note (error, cut-off) goes on its own line."""
 
     def __init__(self, out: TextIO) -> None:
@@ -44,14 +42,9 @@ async def run_console(
     out: TextIO = sys.stdout,
     conversation: str = CONSOLE_CONVERSATION,
 ) -> int:
-    store = open_history_store(settings.history_store)
-    ollama = OllamaClient(
-        settings.ollama_url,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-    )
-    engine = ChatEngine(ollama, store, settings, clock=time.monotonic)
-    history = await store.load(conversation)
+    services = Services.build(settings)
+    await services.store.open()
+    history = await services.store.load(conversation)
     out.write(
         f"ollacord console: model {settings.ollama_model} at {settings.ollama_url}; "
         f"{len(history)} earlier messages kept. Empty line or Ctrl-D quits.\n"
@@ -65,12 +58,11 @@ async def run_console(
                 break
             if not line.strip():
                 break
-            await engine.respond(conversation, line.strip(), ConsoleSink(out))
+            await services.engine.respond(conversation, UserMessage(line.strip()), ConsoleSink(out))
     except KeyboardInterrupt:
         pass
     finally:
-        await ollama.close()
-        await store.close()
+        await services.close()
     out.write("bye\n")
     out.flush()
     return 0

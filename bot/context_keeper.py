@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,13 +26,11 @@ from .context_window import (
 from .history_store import ConversationState, HistoryStore, Turn
 from .ollama import OllamaClient, OllamaError
 from .settings import Settings
+from .user_messages import TOO_LONG_FOR_CONTEXT
 
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
-UpdateState = Callable[
-    [str, Callable[[ConversationState], ConversationState]], Awaitable[ConversationState]
-]
 
 # Room planned for the next user message when deciding to fold early: a tenth of the budget
 # (a long message still fits; an unusually long one makes the fold happen then instead).
@@ -62,15 +60,10 @@ class ContextKeeper:
         ollama: OllamaClient,
         store: HistoryStore,
         settings: Settings,
-        *,
-        update_state: UpdateState,
-        generation: Callable[[str], int],
     ) -> None:
         self.ollama = ollama
         self.store = store
         self.settings = settings
-        self._update_state = update_state
-        self._generation = generation
         self._context_lengths: dict[str, int | None] = {}
         self.estimators: dict[str, TokenEstimator] = {}
         self._last_prompt: dict[str, list[dict[str, str]]] = {}
@@ -137,10 +130,7 @@ class ContextKeeper:
                 budget,
                 fixed_tokens + new_tokens,
                 0,
-                refusal=(
-                    f"⚠️ That message is too long for the model's context ({budget.num_ctx:,} "
-                    "tokens). Please shorten it or split it into parts."
-                ),
+                refusal=TOO_LONG_FOR_CONTEXT.format(num_ctx=budget.num_ctx),
             )
         drop = plan_fold(fixed_tokens, turn_tokens, new_tokens, budget)
         if drop:
@@ -150,7 +140,7 @@ class ContextKeeper:
                 conversation,
                 drop,
             )
-            state = await self._update_state(
+            state = await self.store.update_state(
                 conversation, lambda s: replace(s, window_start=max(s.window_start, new_start))
             )
             turns = turns[drop:]
@@ -230,7 +220,6 @@ class ContextKeeper:
             self._summaries.pop(conversation, None)
 
     async def _summarize_once(self, conversation: str) -> None:
-        generation = self._generation(conversation)
         state = await self.store.get_state(conversation)
         model = state.model or self.settings.ollama_model
         system_prompt = (
@@ -276,9 +265,7 @@ class ContextKeeper:
 
         def apply(current: ConversationState) -> ConversationState:
             nonlocal stale
-            if self._generation(conversation) != generation or (
-                current.summary_upto != state.summary_upto
-            ):
+            if current.epoch != state.epoch or current.summary_upto != state.summary_upto:
                 stale = True  # a reset or another fold happened meanwhile
                 return current
             return replace(
@@ -288,7 +275,7 @@ class ContextKeeper:
                 window_start=max(current.window_start, upto),
             )
 
-        await self._update_state(conversation, apply)
+        await self.store.update_state(conversation, apply)
         if stale:
             log.info("event=summary conversation=%s outcome=stale", conversation)
             return

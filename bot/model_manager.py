@@ -13,12 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from .clock import Clock, Sleep
 from .ollama import OllamaClient, OllamaError, OllamaUnavailable, PullProgress, model_matches
+from .user_messages import still_downloading
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 # Backoff for an unreachable Ollama. The first wait is long enough that the bot is not noisy
 # while Ollama itself is still starting next to it.
@@ -98,10 +97,7 @@ class ModelManager:
         """What a mention gets instead of a reply while the model cannot answer yet."""
         tracker = self.pulls.get(self.model)
         if self.state is ModelState.PULLING and tracker is not None:
-            return (
-                f"⏳ The model `{self.model}` is still downloading: {tracker.percent}%. "
-                "Please ask again when it is done."
-            )
+            return still_downloading(self.model, tracker.percent)
         return None
 
     def status(self) -> dict[str, object]:

@@ -29,6 +29,21 @@ USER_AGENT = "ollacord/0.1 (+aiohttp)"
 class OllamaError(Exception):
     """Base of every failure talking to Ollama."""
 
+    @property
+    def label(self) -> str:  # placeholder until the transport branch lands
+        if isinstance(self, StreamInterrupted):
+            return f"stream_{self.kind}"
+        if isinstance(self, OllamaBusy):
+            return "busy"
+        if isinstance(self, OllamaRequestError):
+            return f"http_{self.status}"
+        names = {
+            OllamaUnavailable: "unavailable",
+            ModelNotFound: "model_not_found",
+            OllamaTimeout: "timeout",
+        }
+        return next((v for k, v in names.items() if isinstance(self, k)), "other")
+
 
 class OllamaUnavailable(OllamaError):
     """Ollama could not be reached (refused, DNS, connect timeout, closed before answering)."""

@@ -1,88 +1,183 @@
-"""What a reply looks like on Discord: text split into messages, as it grows.
+"""The reply writer: one reply's wanted state on Discord, fed by the engine as it streams.
 
-Pure: :class:`ReplyText` decides the messages (splitting with :mod:`bot.splitter`);
-:class:`EditThrottle` decides when a repeated update may go out. Sending is done elsewhere
-(the scheduler in :mod:`bot.discord_scheduler`, through a :class:`MessageTarget`).
+The engine feeds text (never waiting for Discord); the scheduler (:mod:`bot.discord_scheduler`)
+decides when the writer may push the next update to its :class:`MessageTarget`, one REST call
+at a time, until Discord shows what the writer wants.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable
+import asyncio
 from typing import Protocol
 
-from .splitter import DISCORD_LIMIT, close_open_fence, discord_len, take_chunk
-
-Clock = Callable[[], float]
-
-
-class EditThrottle:
-    """At most one update per ``interval`` seconds, measured with an injected clock."""
-
-    def __init__(self, interval: float, clock: Clock) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._last: float | None = None
-
-    def ready(self) -> bool:
-        return self._last is None or self.clock() - self._last >= self.interval
-
-    def mark(self) -> None:
-        self._last = self.clock()
+from .clock import Clock
+from .rate_limits import Priority
+from .reply_text import Controls, MessageTarget, ReplyText
+from .splitter import DISCORD_LIMIT
+from .turn import QuietEvents
+from .user_messages import queued_status
 
 
-class Controls(enum.Enum):
-    """The buttons under a reply's first message."""
+class WriterHost(Protocol):
+    """What a writer needs from its scheduler."""
 
-    NONE = "none"
-    STOP = "stop"  # while it streams
-    REGENERATE = "regenerate"  # once it is stored as the channel's latest answer
+    clock: Clock
 
+    def poke(self, writer: ReplyWriter) -> None:
+        """Something changed: an update may be due."""
+        ...
 
-class MessageTarget(Protocol):
-    """Where the messages of one reply go. Index 0 is the first message (the Discord reply).
-
-    ``controls`` are the buttons to show on that message (None: leave them as they are). Both
-    return True when done, False when Discord refuses for good (deleted channel, missing
-    permission: stop trying), None when it failed for now (try again a little later)."""
-
-    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | None: ...
-
-    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | None: ...
+    def done(self, writer: ReplyWriter) -> None:
+        """The writer has nothing more to send."""
+        ...
 
 
-class ReplyText:
-    """A growing reply as Discord messages of at most ``limit`` characters.
+# A failed update is tried again after 0.5 s, 1 s, 2 s; then the reply stops trying.
+RETRIES = 3
+RETRY_DELAY = 0.5
 
-    Full messages are frozen (they will not change again) and the split is done by
-    :func:`take_chunk`, which never breaks a code block; the last message keeps growing.
-    """
 
-    def __init__(self, limit: int = DISCORD_LIMIT) -> None:
-        self.limit = limit
-        self.text = ""  # everything fed so far, exactly as the model wrote it
-        self._frozen: list[str] = []
-        self._tail = ""
+class ReplyWriter(QuietEvents):
+    """One reply's wanted state on Discord. The engine feeds it (never waiting for Discord);
+    the scheduler makes Discord match it."""
 
-    def feed(self, delta: str) -> None:
-        self.text += delta
-        self._append(delta)
+    def __init__(
+        self,
+        scheduler: WriterHost,
+        channel_id: int,
+        target: MessageTarget,
+        *,
+        limit: int = DISCORD_LIMIT,
+    ) -> None:
+        self.scheduler = scheduler
+        self.channel_id = channel_id
+        self.target = target
+        self.content = ReplyText(limit)
+        self.status: str | None = None  # e.g. "queued: 2 ahead", shown until text arrives
+        self.shown: list[str] = []
+        self.final = False
+        # Buttons: Stop while streaming; what finish() says once done (Regenerate if stored).
+        self.controls = Controls.STOP
+        self.shown_controls: Controls | None = None
+        self.updates = 0
+        self.last_update: float | None = None
+        self.failures = 0  # updates in a row that Discord failed (for now)
+        self.retry_at: float | None = None
+        self.waiting_since = scheduler.clock()
+        self._delivered: asyncio.Future[None] | None = None
 
-    def add_note(self, note: str) -> None:
-        """A notice after the text (cut off, stopped, an error): shown, never stored."""
-        self._append(f"\n\n{note}" if self.messages() else note)
+    @property
+    def text(self) -> str:
+        return self.content.text
 
-    def _append(self, delta: str) -> None:
-        self._tail += delta
-        while discord_len(close_open_fence(self._tail)) > self.limit:
-            chunk, self._tail = take_chunk(self._tail, self.limit)
-            if chunk:  # "" when the window was only whitespace: nothing to show
-                self._frozen.append(chunk)
-
-    def messages(self) -> list[str]:
-        """The messages as they should look now."""
-        messages = list(self._frozen)
-        tail = close_open_fence(self._tail)
-        if tail.strip():
-            messages.append(tail)
+    def desired(self) -> list[str]:
+        messages = self.content.messages()
+        if not messages and self.status and not self.final:
+            return [self.status]
         return messages
+
+    def pending(self) -> bool:
+        desired = self.desired()
+        return (
+            len(desired) > len(self.shown)
+            or any(shown != want for shown, want in zip(self.shown, desired, strict=False))
+            or (bool(self.shown) and self.shown_controls is not self._wanted_controls())
+        )
+
+    def _wanted_controls(self) -> Controls:
+        if not self.content.messages() and not self.final:
+            return Controls.NONE  # a queue placeholder has nothing to stop yet
+        return self.controls
+
+    def priority(self) -> Priority | None:
+        """What kind of update is due, if any."""
+        if not self.pending():
+            return None
+        if self.final:
+            return Priority.FINAL
+        if not self.content.messages():
+            return Priority.STATUS
+        if not self.shown or self.shown == [self.status]:
+            return Priority.FIRST
+        if len(self.desired()) > len(self.shown):
+            return Priority.FIRST  # a new message of an overflowing reply: show it promptly
+        return Priority.INTERMEDIATE
+
+    async def feed(self, delta: str) -> None:
+        """Add model text. Never waits for Discord (the stream goes at Ollama's pace)."""
+        if delta:
+            self.content.feed(delta)
+            self.scheduler.poke(self)
+
+    def set_status(self, status: str | None) -> None:
+        self.status = status
+        self.scheduler.poke(self)
+
+    def queued(self, ahead: int) -> None:
+        """The queue place is shown in the message that becomes the answer."""
+        self.set_status(queued_status(ahead))
+
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+        """The text is complete: write the final state now, and wait until Discord shows it.
+        ``stored``: the reply is in the history (so it may be regenerated)."""
+        if note:
+            self.content.add_note(note)
+        self.final = True
+        self.controls = Controls.REGENERATE if stored else Controls.NONE
+        if not self.pending():
+            self.scheduler.done(self)
+            return
+        self._delivered = asyncio.get_running_loop().create_future()
+        self.scheduler.poke(self)
+        await self._delivered
+
+    def _settle(self) -> None:
+        if self.final and not self.pending():
+            if self._delivered is not None and not self._delivered.done():
+                self._delivered.set_result(None)
+            self.scheduler.done(self)
+
+    def give_up(self) -> None:
+        """Discord refuses: stop trying (the target logged why)."""
+        self.shown = self.desired()
+        self.shown_controls = self._wanted_controls()
+        self._settle()
+
+    async def push(self) -> None:
+        """One REST call towards the wanted state: send the next message or edit one."""
+        desired = self.desired()
+        controls = self._wanted_controls()
+        for index, text in enumerate(desired):
+            if index >= len(self.shown):
+                ok = await self.target.send(index, text, controls=controls if index == 0 else None)
+                break
+            if self.shown[index] != text or (index == 0 and self.shown_controls is not controls):
+                changed = controls if index == 0 and self.shown_controls is not controls else None
+                ok = await self.target.edit(index, text, controls=changed)
+                break
+        else:
+            self._settle()
+            return
+        now = self.scheduler.clock()
+        self.last_update = now
+        if ok is None:
+            # Failed for now: the same update again after a pause, a few times, then give up.
+            self.failures += 1
+            if self.failures > RETRIES:
+                self.give_up()
+            else:
+                self.retry_at = now + RETRY_DELAY * 2 ** (self.failures - 1)
+            return
+        self.failures = 0
+        self.retry_at = None
+        if ok is False:
+            self.give_up()
+            return
+        self.updates += 1
+        if index >= len(self.shown):
+            self.shown.append(text)
+        else:
+            self.shown[index] = text
+        if index == 0:
+            self.shown_controls = controls
+        self._settle()

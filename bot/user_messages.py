@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .model_manager import PullTracker
+from collections.abc import Mapping
+from typing import Any
+
 from .ollama import (
     ModelNotFound,
     OllamaBusy,
@@ -20,6 +22,10 @@ HINT = (
 EMPTY_REPLY = "⚠️ The model returned an empty reply. Try rephrasing, or `/reset` the conversation."
 TOO_LONG = (
     "⚠️ That message is too long for me ({length:,} characters; the limit is {limit:,}). "
+    "Please shorten it or split it into parts."
+)
+TOO_LONG_FOR_CONTEXT = (
+    "⚠️ That message is too long for the model's context ({num_ctx:,} tokens). "
     "Please shorten it or split it into parts."
 )
 RESET_DONE = "🧹 Done: I forgot this conversation. The next message starts fresh."
@@ -109,17 +115,24 @@ def cut_off_note(error: OllamaError) -> str:
     return f"⚠️ *(reply cut off: {cut_off_reason(error)})*"
 
 
+def still_downloading(model: str, percent: int) -> str:
+    return (
+        f"⏳ The model `{model}` is still downloading: {percent}%. "
+        "Please ask again when it is done."
+    )
+
+
 def progress_bar(percent: int, width: int = 20) -> str:
     filled = max(0, min(width, round(width * percent / 100)))
     return "█" * filled + "░" * (width - filled)
 
 
-def pull_progress(model: str, tracker: PullTracker) -> str:
-    return f"⬇️ Pulling `{model}`: `{progress_bar(tracker.percent)}` {tracker.describe()}"
+def pull_progress(model: str, percent: int, detail: str) -> str:
+    return f"⬇️ Pulling `{model}`: `{progress_bar(percent)}` {detail}"
 
 
-def pull_succeeded(model: str, tracker: PullTracker) -> str:
-    size = f" ({tracker.total / 1048576:,.0f} MB)" if tracker.total else ""
+def pull_succeeded(model: str, total_bytes: int) -> str:
+    size = f" ({total_bytes / 1048576:,.0f} MB)" if total_bytes else ""
     return f"✅ `{model}` is ready{size}."
 
 
@@ -135,3 +148,45 @@ def queued_status(ahead: int) -> str:
     if ahead == 0:
         return "⏳ Queued: you're next."
     return f"⏳ Queued: {ahead} ahead of you."
+
+
+# --- slash commands --------------------------------------------------------------------------
+
+NO_CHANNEL = "⚠️ This command only works in a channel, thread or DM."
+SYSTEM_PROMPT_SET = "📝 System prompt set for this channel."
+SYSTEM_PROMPT_CLEARED = "📝 This channel uses the default system prompt again."
+NO_SYSTEM_PROMPT = "No system prompt is set."
+
+
+def model_in_use(model: str) -> str:
+    return f"This channel uses `{model}`."
+
+
+def model_unknown(name: str) -> str:
+    return f"⚠️ Ollama has no model `{name}`. Pick one from the list, or `/pull` it first."
+
+
+def model_chosen(model: str | None, default: str) -> str:
+    shown = model or f"{default} (the default)"
+    return f"🧠 This channel now uses `{shown}`."
+
+
+def system_prompt_shown(prompt: str, *, own: bool) -> str:
+    origin = "this channel's" if own else "the default"
+    return f"System prompt ({origin}):\n>>> {prompt}"
+
+
+def status_lines(
+    info: Mapping[str, Any], *, own_system_prompt: bool, system_prompt: str
+) -> list[str]:
+    """``/status``: the model and how much of its context the conversation uses."""
+    percent = 100 * info["tokens_used"] // max(1, info["budget"])
+    return [
+        f"**Model:** `{info['model']}`",
+        f"**Turns kept:** {info['turns']} (messages sent with each request)",
+        f"**Summary of older turns:** {'yes' if info['summary'] else 'none yet'}",
+        f"**Context used:** about {info['tokens_used']:,} of {info['budget']:,} tokens "
+        f"({percent}%; num_ctx {info['num_ctx']:,})",
+        f"**System prompt:** {'this channel' if own_system_prompt else 'default'}"
+        f"{'' if system_prompt else ' (empty)'}",
+    ]

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from bot import OllacordBot, Settings
-from bot.discord_scheduler import DiscordLimits
+from bot.rate_limits import DiscordLimits
 from tests.fake_ollama import FakeOllama
 
 

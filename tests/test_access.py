@@ -25,8 +25,8 @@ def bot_of(env: Env) -> OllacordBot:
 
 def policy(env: Env, **lists: Any) -> None:
     """Set the bot's lists as `.env` would (ids are only known once the world is built)."""
-    bot_of(env).access = replace(
-        bot_of(env).access,
+    bot_of(env).permissions.policy = replace(
+        bot_of(env).permissions.policy,
         **{k: frozenset(v) if isinstance(v, set) else v for k, v in lists.items()},
     )
 

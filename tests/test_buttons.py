@@ -9,9 +9,9 @@ import pytest
 from simcord import Env
 
 from bot import OllacordBot
+from bot.discord.buttons import controls_view
 from bot.history_store import Turn
-from bot.reply_buttons import controls_view
-from bot.reply_writer import Controls
+from bot.reply_text import Controls
 from bot.user_messages import (
     BUTTON_EXPIRED,
     NOT_LATEST,

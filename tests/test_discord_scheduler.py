@@ -10,7 +10,8 @@ import asyncio
 
 import pytest
 
-from bot.discord_scheduler import DiscordLimits, DiscordScheduler, Priority, RateWindow
+from bot.discord_scheduler import DiscordScheduler
+from bot.rate_limits import DiscordLimits, Priority, RateWindow
 
 
 class ManualClock:
@@ -156,7 +157,7 @@ async def test_global_budget_admits_urgent_calls_first_and_never_more_than_the_l
     admitted: list[tuple[float, Priority]] = []
 
     async def call(priority: Priority) -> None:
-        from bot.discord_scheduler import CURRENT_PRIORITY
+        from bot.rate_limits import CURRENT_PRIORITY
 
         CURRENT_PRIORITY.set(priority)
         await scheduler.admit()

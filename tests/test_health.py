@@ -29,8 +29,8 @@ async def test_healthz_is_503_until_the_gateway_connects_and_metrics_are_served(
     bot = OllacordBot(
         settings_for(fake_ollama, {"HEALTH_PORT": str(port), "HEALTH_HOST": "127.0.0.1"})
     )
-    assert bot._health is not None
-    await bot._health.start()
+    assert bot.services.health is not None
+    await bot.services.health.start()
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
@@ -50,7 +50,7 @@ async def test_healthz_is_503_until_the_gateway_connects_and_metrics_are_served(
 
 
 def test_health_port_zero_disables_the_server(fake_ollama: FakeOllama) -> None:
-    assert OllacordBot(settings_for(fake_ollama, {"HEALTH_PORT": "0"}))._health is None
+    assert OllacordBot(settings_for(fake_ollama, {"HEALTH_PORT": "0"})).services.health is None
 
 
 async def test_metrics_count_a_reply_its_tokens_and_discord_updates(
@@ -107,7 +107,7 @@ async def test_a_taken_health_port_is_logged_and_the_bot_goes_on(
         bot.tree.sync = _no_sync  # type: ignore[method-assign]  # no Discord here
         await bot.setup_hook()
         await bot.close_resources()
-    assert bot._health is None
+    assert bot.services.health is None
     assert any("event=health_failed" in r.getMessage() for r in caplog.records)
 
 

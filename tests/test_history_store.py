@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.history_store import (
-    ConversationState,
-    MemoryHistoryStore,
-    SqliteHistoryStore,
-    Turn,
-    open_history_store,
-)
+from bot.app import open_history_store
+from bot.history_store import ConversationState, MemoryHistoryStore, Turn
+from bot.sqlite_store import SqliteHistoryStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -43,12 +39,13 @@ async def test_turns_get_increasing_ids_and_load_after_or_in_a_range(store) -> N
 async def test_state_round_trips_and_clear_keeps_the_settings(store) -> None:  # type: ignore[no-untyped-def]
     assert await store.get_state("a") == ConversationState()
     state = ConversationState("they like tea", 4, 6, "qwen3", "Be brief.")
-    await store.set_state("a", state)
+    await store.update_state("a", lambda _: state)
     assert await store.get_state("a") == state
     assert await store.get_state("b") == ConversationState()
     await store.append("a", [Turn("user", "x")])
     await store.clear("a")
-    assert await store.get_state("a") == ConversationState(model="qwen3", system_prompt="Be brief.")
+    after = ConversationState(model="qwen3", system_prompt="Be brief.", epoch=1)
+    assert await store.get_state("a") == after
     assert await store.load("a") == []
 
 
@@ -64,7 +61,7 @@ async def test_sqlite_history_and_state_survive_reopening(tmp_path: Path) -> Non
     path = tmp_path / "nested" / "history.db"
     first = SqliteHistoryStore(path)
     await first.append("c", [Turn("user", "hi 🌤"), Turn("assistant", "hello")])
-    await first.set_state("c", ConversationState("summary", 1, 1, None, "sys"))
+    await first.update_state("c", lambda _: ConversationState("summary", 1, 1, None, "sys"))
     await first.close()
     second = SqliteHistoryStore(path)
     assert await second.load("c") == [Turn("user", "hi 🌤"), Turn("assistant", "hello")]

@@ -7,7 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.reply_writer import EditThrottle, ReplyText
+from bot.clock import EditThrottle
+from bot.reply_text import ReplyText
 from bot.splitter import discord_len, split_message
 from tests.conftest import SteppingClock
 

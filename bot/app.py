@@ -1,0 +1,145 @@
+"""The composition root: every component apart from the Discord client, built once.
+
+``python -m bot``, ``python -m bot console``, the benchmarks and the tests all start from
+:meth:`Services.build`, so they run the same engine over the same store and Ollama client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat_engine import ChatEngine
+from .clock import Clock
+from .health import HealthServer
+from .history_store import HistoryStore, MemoryHistoryStore
+from .metrics import Metrics
+from .model_manager import ModelManager
+from .ollama import OllamaClient
+from .settings import Settings
+from .sqlite_store import SqliteHistoryStore
+
+log = logging.getLogger(__name__)
+
+
+def open_history_store(url: str) -> HistoryStore:
+    """Build the store named by ``HISTORY_STORE`` (already validated by Settings)."""
+    if url == "memory://":
+        return MemoryHistoryStore()
+    if url.startswith("sqlite:///"):
+        return SqliteHistoryStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unknown history store {url!r}")
+
+
+@dataclass
+class Services:
+    """The store, the Ollama client, metrics, the model manager, the engine and the health
+    server, wired together. ``gateway_up`` is filled in by the Discord client (the console
+    has no gateway)."""
+
+    settings: Settings
+    clock: Clock
+    store: HistoryStore
+    ollama: OllamaClient
+    metrics: Metrics
+    models: ModelManager
+    engine: ChatEngine
+    health: HealthServer | None = None
+    gateway_up: Callable[[], bool] | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _closed: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock = time.monotonic,
+        store: HistoryStore | None = None,
+        ollama: OllamaClient | None = None,
+    ) -> Services:
+        store = store if store is not None else open_history_store(settings.history_store)
+        ollama = ollama or OllamaClient(
+            settings.ollama_url,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        metrics = Metrics()
+        models = ModelManager(
+            ollama,
+            settings.ollama_model,
+            auto_pull=settings.auto_pull,
+            keep_alive=settings.ollama_keep_alive,
+            clock=clock,
+        )
+        engine = ChatEngine(
+            ollama, store, settings, clock=clock, metrics=metrics, gate=models.busy_message
+        )
+        services = cls(settings, clock, store, ollama, metrics, models, engine)
+        if settings.health_port:
+            services.health = HealthServer(
+                services.health_status, metrics, settings.health_host, settings.health_port
+            )
+        return services
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background until it ends or :meth:`close` cancels it."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start_health(self) -> None:
+        """Serve /healthz and /metrics. A taken port is logged with the fix; the bot itself
+        still works, so it goes on without them."""
+        if self.health is None:
+            return
+        try:
+            await self.health.start()
+        except OSError as exc:
+            log.error(
+                "event=health_failed port=%d cause=%r fix='set HEALTH_PORT to a free port, "
+                "or 0 to turn it off'",
+                self.settings.health_port,
+                str(exc),
+            )
+            self.health = None
+        else:
+            # Only with metrics exposed: a timer that never stops would keep SimCord busy.
+            self.spawn(self.metrics.watch_event_loop())
+
+    async def health_status(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when the gateway is connected and the store answers; Ollama is reported
+        but never makes the bot unhealthy (it answers with a clear error meanwhile)."""
+        store_ok = True
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+        except Exception as exc:
+            store_ok = False
+            log.error("event=health store_ok=false cause=%r", str(exc))
+        gateway_ok = self.gateway_up() if self.gateway_up is not None else True
+        body: dict[str, Any] = {
+            "gateway": "connected" if gateway_ok else "disconnected",
+            "store": "ok" if store_ok else "failing",
+            "ollama": self.models.status(),
+            "shutting_down": self.engine.closing,
+        }
+        return gateway_ok and store_ok, body
+
+    async def close(self) -> None:
+        """Release what was opened (background tasks, health server, Ollama session, store).
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.engine.stop_background()
+        if self.health is not None:
+            await self.health.stop()
+        await self.ollama.close()
+        await self.store.close()

@@ -1,0 +1,481 @@
+"""The chat engine: Ollama's simple-chat loop, one turn at a time per conversation.
+
+A turn waits for its place in the fair queue, then runs as plan -> stream -> commit:
+
+* plan: the conversation's settings and history, fitted into the model's context;
+* stream: ``/api/chat`` into the reply sink as the tokens come;
+* commit: the finished exchange into the store, unless the conversation was reset meanwhile.
+
+Whatever happens, a turn leaves through one place, :meth:`ChatEngine._end`, which writes the
+history, finishes the sink, counts the outcome and logs it. The engine knows nothing about
+Discord: the Discord layer and the console both drive it through a :class:`ReplySink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import Clock
+from .context_keeper import ContextKeeper, Prepared
+from .history_store import ConversationState, HistoryStore, Turn
+from .metrics import Metrics
+from .ollama import OllamaClient, OllamaError
+from .request_queue import FairQueue, Ticket
+from .settings import Settings
+from .think_filter import ThinkFilter
+from .turn import ReplyOutcome, ReplySink, UserMessage
+from .user_messages import (
+    EMPTY_REPLY,
+    INTERRUPTED,
+    STOPPED_MARK,
+    STOPPED_NOTE,
+    TOO_LONG,
+    cut_off_note,
+    error_message,
+)
+
+log = logging.getLogger(__name__)
+
+# After the grace period, how long interrupted replies get to write their closing note.
+NOTE_SECONDS = 1.5
+
+
+@dataclass
+class _Turn:
+    """One turn in progress: what the engine knows about it so far."""
+
+    conversation: str
+    message: UserMessage
+    sink: ReplySink
+    user_id: int | None
+    ref: int | None  # the Discord message it answers
+    regenerate: bool
+    log_fields: str
+    started: float
+    model: str
+    task: asyncio.Task[Any] | None = None
+    streaming: bool = False
+    epoch: int = 0
+    text: str = ""
+    first_text_at: float | None = None
+    stats: Mapping[str, int] = field(default_factory=dict)
+    stop_note: str | None = None
+    keep_partial: bool = False  # stopped by its asker: store what was written, marked stopped
+    replacing: list[int] = field(default_factory=list)  # Regenerate: the exchange it replaces
+    user_turn: Turn | None = None
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    reason: str
+    note: str | None
+
+
+class ChatEngine:
+    """Runs turns. Turns of one conversation run one at a time, in arrival order (the fair
+    queue grants one slot per conversation); different conversations stream in parallel."""
+
+    def __init__(
+        self,
+        ollama: OllamaClient,
+        store: HistoryStore,
+        settings: Settings,
+        *,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        gate: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.ollama = ollama
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        # Says why no reply can be made right now (e.g. the model is still downloading).
+        self.gate = gate
+        self.closing = False
+        # Replies wait here for an Ollama slot: round-robin across conversations, in order
+        # within each (which is what keeps a conversation's history consistent).
+        self.queue = FairQueue(settings.max_concurrent, settings.queue_limit)
+        self._turns: dict[asyncio.Task[Any], _Turn] = {}  # waiting or running
+        self._running: dict[str, _Turn] = {}  # the one running, per conversation
+        self.context = ContextKeeper(ollama, store, settings)
+        self._spawned: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    async def conversation_settings(self, conversation: str) -> tuple[ConversationState, str, str]:
+        """The state, the model and the system prompt that apply to ``conversation``."""
+        state = await self.store.get_state(conversation)
+        model = state.model or self.settings.ollama_model
+        system = (
+            state.system_prompt if state.system_prompt is not None else self.settings.system_prompt
+        )
+        return state, model, system
+
+    # --- a turn ------------------------------------------------------------------------------
+
+    async def respond(
+        self,
+        conversation: str,
+        message: UserMessage,
+        sink: ReplySink,
+        *,
+        user_id: int | None = None,
+        ref: int | None = None,
+        regenerate: bool = False,
+        log_fields: str = "",
+    ) -> ReplyOutcome:
+        """Answer ``message`` in ``conversation``, streaming into ``sink``. With
+        ``regenerate``, answer the conversation's latest question (``ref``) again instead.
+
+        Every failure ends in exactly one user-visible message through the sink, and the
+        history is only changed when the reply completed (or was stopped by its asker).
+        """
+        turn = _Turn(
+            conversation,
+            message,
+            sink,
+            user_id,
+            ref,
+            regenerate,
+            log_fields,
+            started=self.clock(),
+            model=self.settings.ollama_model,
+            task=asyncio.current_task(),
+        )
+        refusal = self._refusal(message)
+        if refusal is not None:
+            return await self._end(turn, "refused", refusal=refusal)
+        if turn.task is not None:
+            self._turns[turn.task] = turn
+        ticket = self.queue.enter(conversation, user_id, sink.queued)
+        try:
+            await self._wait_for_turn(turn, ticket)
+            await sink.started()
+            return await self._run(turn, ticket)
+        finally:
+            ticket.done()
+            if turn.task is not None:
+                self._turns.pop(turn.task, None)
+
+    def _refusal(self, message: UserMessage) -> _Refusal | None:
+        limit = self.settings.max_input_chars
+        text = message.prompt_text()
+        if len(text) > limit:
+            return _Refusal("too_long", TOO_LONG.format(length=len(text), limit=limit))
+        if self.gate is not None and (busy := self.gate()) is not None:
+            return _Refusal("model_busy", busy)
+        return None
+
+    async def _wait_for_turn(self, turn: _Turn, ticket: Ticket) -> None:
+        if self.metrics:
+            self.metrics.requests_waiting.inc()
+        try:
+            await ticket.wait()
+        except asyncio.CancelledError:
+            # Stopped while waiting for its turn (reset or shutdown): still say so.
+            await self._end(turn, "stopped")
+            raise
+        finally:
+            if self.metrics:
+                self.metrics.requests_waiting.dec()
+
+    async def _run(self, turn: _Turn, ticket: Ticket) -> ReplyOutcome:
+        """plan -> stream -> commit, with its Ollama slot held until the stream ends."""
+        self._running[turn.conversation] = turn
+        if self.metrics:
+            self.metrics.requests_in_flight.inc()
+        self.context.reply_started()
+        outcome: ReplyOutcome | None = None
+        try:
+            prepared = await self._plan(turn)
+            if isinstance(prepared, _Refusal):
+                return await self._end(turn, "refused", refusal=prepared)
+            try:
+                await self._stream(turn, prepared)
+            except OllamaError as error:
+                ticket.release_slot()
+                status = "cut_off" if turn.text.strip() else "error"
+                return await self._end(turn, status, error=error)
+            # Ollama is done with this reply: let the next one start while Discord catches up.
+            ticket.release_slot()
+            if turn.keep_partial:
+                outcome = await self._end(turn, "stopped")
+            elif not turn.text.strip():
+                outcome = await self._end(turn, "empty")
+            else:
+                outcome = await self._end(turn, "ok")
+                self.context.observe(prepared, turn.stats)
+            return outcome
+        except asyncio.CancelledError:
+            # Reset or shutdown: the turn ends here, with its note, and stores nothing.
+            ticket.release_slot()
+            await self._end(turn, "stopped")
+            raise
+        finally:
+            if self.metrics:
+                self.metrics.requests_in_flight.dec()
+            if self._running.get(turn.conversation) is turn:
+                del self._running[turn.conversation]
+            stored = outcome is not None and outcome.stored
+            # Summaries run when no reply is waiting for Ollama.
+            self.context.reply_ended(turn.conversation if stored else None, self._spawn)
+
+    async def _plan(self, turn: _Turn) -> Prepared | _Refusal:
+        state, turn.model, system_prompt = await self.conversation_settings(turn.conversation)
+        turn.epoch = state.epoch
+        turns = await self.store.load(turn.conversation, after=state.window_start)
+        turn.user_turn = Turn("user", turn.message.prompt_text(), ref=turn.ref)
+        if turn.regenerate:
+            # Only the latest exchange can be answered again: it is replaced on success.
+            last = turns[-2:]
+            if not (
+                len(last) == 2
+                and last[0].role == "user"
+                and last[0].ref == turn.ref
+                and last[1].role == "assistant"
+            ):
+                return _Refusal("not_latest", None)  # the earlier answer stays as it is
+            turn.replacing = [t.id for t in last]
+            turn.user_turn = Turn("user", last[0].content, ref=turn.ref)
+            turns = turns[:-2]
+        prepared = await self.context.prepare(
+            turn.conversation, state, turn.model, system_prompt, turns, turn.user_turn
+        )
+        if prepared.refusal is not None:
+            return _Refusal("context", prepared.refusal)
+        return prepared
+
+    async def _stream(self, turn: _Turn, prepared: Prepared) -> None:
+        """Stream the answer into the sink.
+
+        The Stop button cancels the turn's task while it streams (:meth:`stop`); that one
+        cancellation only ends the stream, and the turn goes on to keep what was written. Any
+        other cancellation (reset, shutdown, or a second one) ends the whole turn."""
+        turn.streaming = True
+        try:
+            await self._read_stream(turn, prepared)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not turn.keep_partial or task is None or task.cancelling() != 1:
+                raise
+            task.uncancel()
+        finally:
+            turn.streaming = False
+
+    async def _read_stream(self, turn: _Turn, prepared: Prepared) -> None:
+        stream = self.ollama.chat(
+            turn.model,
+            prepared.messages,
+            options=prepared.options,
+            keep_alive=self.settings.ollama_keep_alive,
+            # Reasoning is never shown; unless asked for, do not make the model spend on it.
+            think=None if self.settings.ollama_think else False,
+        )
+        think_filter = ThinkFilter()
+        async with aclosing(stream):
+            async for chunk in stream:
+                if chunk.content:
+                    if self.metrics:
+                        self.metrics.tokens.inc()
+                    await self._show(turn, think_filter.feed(chunk.content))
+                if chunk.done:
+                    turn.stats = chunk.metrics
+            await self._show(turn, think_filter.flush())
+
+    async def _show(self, turn: _Turn, visible: str) -> None:
+        # Models often start with a space or newline; Discord would trim it anyway.
+        delta = visible if turn.text else visible.lstrip()
+        if not delta:
+            return
+        if turn.first_text_at is None:
+            turn.first_text_at = self.clock()
+            if self.metrics:
+                self.metrics.time_to_first_token.observe(turn.first_text_at - turn.started)
+            await turn.sink.first_text()
+        turn.text += delta
+        await turn.sink.feed(delta)
+
+    # --- the one exit ------------------------------------------------------------------------
+
+    async def _end(
+        self,
+        turn: _Turn,
+        status: str,
+        *,
+        error: OllamaError | None = None,
+        refusal: _Refusal | None = None,
+    ) -> ReplyOutcome:
+        """Every turn ends here: finish the sink, keep what should be kept, count, log.
+
+        The final text goes out first (with the Regenerate button if the answer is to be
+        kept, in the same update), then the exchange is stored."""
+        note, answer = self._closing(turn, status, error, refusal)
+        keep = answer is not None and turn.user_turn is not None
+        stored = False
+        try:
+            await turn.sink.finish(note, stored=keep)
+            if keep and answer is not None:
+                stored = await self._commit(turn, answer)
+        except Exception:
+            if status != "stopped":
+                raise
+            # The turn is being torn down; the log line below says why it ended.
+            log.exception("event=stop_note_failed conversation=%s", turn.conversation)
+        finally:
+            self._count(status, error)
+            self._log(turn, status, error, refusal)
+        return ReplyOutcome(status, turn.text, error, turn.stats, stored)
+
+    def _closing(
+        self, turn: _Turn, status: str, error: OllamaError | None, refusal: _Refusal | None
+    ) -> tuple[str | None, str | None]:
+        """The note shown after the text, and the answer to store (None: store nothing)."""
+        if status == "ok":
+            return None, turn.text
+        if status == "refused":
+            return (refusal.note if refusal else None), None
+        if status == "error" and error is not None:
+            return error_message(error, model=turn.model), None
+        if status == "cut_off" and error is not None:
+            return cut_off_note(error), None
+        if status == "empty":
+            return EMPTY_REPLY, None
+        # stopped: by its asker, what was written stays (in the history too, marked stopped)
+        answer = (
+            f"{turn.text}\n\n{STOPPED_MARK}" if turn.keep_partial and turn.text.strip() else None
+        )
+        return turn.stop_note or INTERRUPTED, answer
+
+    async def _commit(self, turn: _Turn, answer: str) -> bool:
+        """Store the exchange, unless the conversation was reset since the turn began."""
+        assert turn.user_turn is not None
+        exchange = [turn.user_turn, Turn("assistant", answer)]
+        if turn.replacing:
+            kept = await self.store.replace(
+                turn.conversation, turn.replacing, exchange, epoch=turn.epoch
+            )
+        else:
+            kept = await self.store.append(turn.conversation, exchange, epoch=turn.epoch)
+        return kept is not None
+
+    def _count(self, status: str, error: OllamaError | None) -> None:
+        if self.metrics:
+            self.metrics.replies.labels(outcome=status).inc()
+            if error is not None:
+                self.metrics.ollama_errors.labels(kind=error.label).inc()
+
+    def _log(
+        self, turn: _Turn, status: str, error: OllamaError | None, refusal: _Refusal | None
+    ) -> None:
+        ended = self.clock()
+        fields = f"event=reply conversation={turn.conversation} outcome={status} model={turn.model}"
+        if status == "ok":
+            if self.metrics:
+                self.metrics.reply_duration.observe(ended - turn.started)
+            first = turn.first_text_at if turn.first_text_at is not None else ended
+            log.info(
+                "%s chars=%d ttft=%.3fs duration=%.3fs prompt_tokens=%s eval_tokens=%s %s",
+                fields,
+                len(turn.text),
+                first - turn.started,
+                ended - turn.started,
+                turn.stats.get("prompt_eval_count", "?"),
+                turn.stats.get("eval_count", "?"),
+                turn.log_fields,
+            )
+        elif error is not None:
+            log.warning(
+                "%s error=%s cause=%r chars=%d %s",
+                fields,
+                type(error).__name__,
+                str(error),
+                len(turn.text),
+                turn.log_fields,
+            )
+        elif status == "refused":
+            reason = refusal.reason if refusal else "?"
+            log.info("%s reason=%s %s", fields, reason, turn.log_fields)
+        else:
+            note = turn.stop_note or INTERRUPTED
+            level = logging.WARNING if status == "empty" else logging.INFO
+            log.log(level, "%s note=%r chars=%d %s", fields, note, len(turn.text), turn.log_fields)
+
+    # --- controls ----------------------------------------------------------------------------
+
+    async def reset(self, conversation: str, *, stop_note: str) -> bool:
+        """Forget the conversation and stop its running reply, if any. True if one stopped.
+
+        The store starts a new epoch, so a reply that started before the reset (in any
+        process) no longer stores its exchange."""
+        await self.store.clear(conversation)
+        turn = self._running.get(conversation)
+        stopped = False
+        if turn is not None and turn.task is not None and not turn.task.done():
+            turn.stop_note = stop_note
+            turn.task.cancel()
+            stopped = True
+        log.info("event=reset conversation=%s stopped_reply=%s", conversation, stopped)
+        return stopped
+
+    async def latest_question(self, conversation: str) -> int | None:
+        """The Discord message id of the question whose answer is the conversation's latest."""
+        state = await self.store.get_state(conversation)
+        turns = (await self.store.load(conversation, after=state.window_start))[-2:]
+        if len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant":
+            return turns[0].ref
+        return None
+
+    def stop(self, conversation: str, ref: int) -> bool:
+        """Stop the reply to message ``ref`` (Stop button): it keeps what it wrote, also in
+        the history, marked as stopped. False if that reply is not streaming."""
+        turn = self._running.get(conversation)
+        if turn is None or turn.ref != ref or not turn.streaming or turn.task is None:
+            return False
+        turn.stop_note = STOPPED_NOTE
+        turn.keep_partial = True
+        turn.task.cancel()
+        return True
+
+    async def shutdown(self, *, grace: float, stop_note: str) -> None:
+        """Take no new turns; let replies in flight finish for up to ``grace`` seconds, then
+        stop the rest with ``stop_note`` (their history is left as it was before them)."""
+        self.closing = True
+        await self.stop_background()
+        pending = {task for task in self._turns if not task.done()}
+        if pending:
+            await self._stop_replies(pending, grace, stop_note)
+        # Replies that finished during the grace period may have started summaries.
+        await self.stop_background()
+
+    async def stop_background(self) -> None:
+        """Cancel background work (summaries): it can run again after a restart, and none
+        may outlive the store."""
+        for task in list(self._spawned):
+            task.cancel()
+        await asyncio.gather(*self._spawned, return_exceptions=True)
+
+    async def _stop_replies(
+        self, pending: set[asyncio.Task[Any]], grace: float, stop_note: str
+    ) -> None:
+        log.info("event=shutdown_wait replies=%d grace=%.1fs", len(pending), grace)
+        _, still_running = await asyncio.wait(pending, timeout=grace)
+        for task in still_running:
+            turn = self._turns.get(task)
+            if turn is not None:
+                turn.stop_note = stop_note
+            task.cancel()
+        if still_running:
+            log.info("event=shutdown_interrupt replies=%d", len(still_running))
+            # Each cancelled reply writes its note; give those edits a moment to go out, within
+            # Docker's 10 s stop timeout (SHUTDOWN_GRACE defaults to 8 s).
+            await asyncio.wait(still_running, timeout=NOTE_SECONDS)

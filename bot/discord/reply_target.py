@@ -1,0 +1,156 @@
+"""Where a reply lands on Discord: its messages (created and edited for the scheduler) and,
+until its first words, the typing indicator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import discord
+
+from ..metrics import Metrics
+from ..rate_limits import CURRENT_PRIORITY, Priority
+from ..reply_text import Controls
+from ..reply_writer import ReplyWriter
+from .buttons import controls_view
+
+log = logging.getLogger(__name__)
+
+# Discord drops the typing indicator after 10 s; refresh it well before.
+TYPING_REFRESH_SECONDS = 8.0
+
+# Discord error codes (docs/discord-limits.md#error-codes).
+UNKNOWN_CHANNEL = 10003
+UNKNOWN_MESSAGE = 10008
+MISSING_ACCESS = 50001
+MISSING_PERMISSIONS = 50013
+
+
+class DiscordReplyTarget:
+    """The messages of one reply: the first is a Discord reply to the user's message.
+
+    Failures never end the reply (discord.py has already retried 5xx and 429s): a deleted
+    message is replaced by a new one, anything else is logged; the writer tries again later
+    (None) or gives up (False) when Discord refuses for good."""
+
+    def __init__(
+        self,
+        source: discord.Message,
+        metrics: Metrics | None = None,
+        *,
+        asker: int | None = None,
+        asked: int | None = None,
+        existing: discord.Message | None = None,
+    ) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.asker = asker if asker is not None else source.author.id
+        self.asked = asked if asked is not None else source.id
+        # Regenerate writes over the earlier answer's first message.
+        self.messages: list[discord.Message | None] = [existing] if existing else []
+
+    def _view(self, controls: Controls) -> discord.ui.View:
+        return controls_view(controls, self.source.channel.id, self.asked, self.asker)
+
+    def _log(self, action: str, exc: discord.HTTPException, index: int) -> None:
+        if self.metrics:
+            self.metrics.discord_failures.labels(kind=action).inc()
+        log.error(
+            "event=discord_%s_failed channel=%s index=%d status=%s code=%s cause=%r",
+            action,
+            self.source.channel.id,
+            index,
+            exc.status,
+            exc.code,
+            exc.text,
+        )
+
+    @staticmethod
+    def _fatal(exc: discord.HTTPException) -> bool:
+        return exc.code in (UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMISSIONS)
+
+    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | None:
+        # fail_if_not_exists=False: if the user deleted their message, still answer.
+        reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
+        extra: dict[str, Any] = {}
+        if controls is not None and controls is not Controls.NONE:
+            extra["view"] = self._view(controls)
+        try:
+            message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            self._log("send", exc, index)
+            return False if self._fatal(exc) else None  # None: try again a little later
+        if self.metrics:
+            self.metrics.discord_updates.labels(kind="send").inc()
+        if index < len(self.messages):
+            self.messages[index] = message
+        else:
+            self.messages.append(message)
+        return True
+
+    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | None:
+        message = self.messages[index] if index < len(self.messages) else None
+        if message is None:
+            return await self.send(index, text, controls=controls)
+        extra: dict[str, Any] = {}
+        if controls is not None:
+            extra["view"] = None if controls is Controls.NONE else self._view(controls)
+        try:
+            await message.edit(content=text, **extra)
+        except discord.NotFound as exc:
+            self._log("edit", exc, index)
+            if exc.code == UNKNOWN_MESSAGE:
+                # Someone deleted the reply mid-stream: carry on in a new message.
+                self.messages[index] = None
+                return await self.send(index, text, controls=controls)
+            return False
+        except discord.HTTPException as exc:
+            self._log("edit", exc, index)
+            return False if self._fatal(exc) else None
+        if self.metrics:
+            self.metrics.discord_updates.labels(kind="edit").inc()
+        return True
+
+
+class DiscordReplySink:
+    """The engine's sink for a Discord reply: the writer (through the scheduler) plus the
+    typing indicator from the moment the request goes out until the first words show."""
+
+    def __init__(self, writer: ReplyWriter, channel: discord.abc.Messageable) -> None:
+        self.writer = writer
+        self.channel = channel
+        self._typing: asyncio.Task[None] | None = None
+
+    def queued(self, ahead: int) -> None:
+        self.writer.queued(ahead)
+
+    async def started(self) -> None:
+        self._typing = asyncio.create_task(self._keep_typing())
+
+    async def first_text(self) -> None:
+        await self.stop_typing()
+
+    async def feed(self, delta: str) -> None:
+        await self.writer.feed(delta)
+
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+        await self.stop_typing()
+        await self.writer.finish(note, stored=stored)
+
+    async def stop_typing(self) -> None:
+        task, self._typing = self._typing, None
+        if task is not None:
+            task.cancel()
+            # wait() neither raises the task's CancelledError nor hides a cancellation of ours.
+            await asyncio.wait({task})
+
+    async def _keep_typing(self) -> None:
+        """Show "typing..." until the first words arrive (a cold model can take a minute).
+        Lowest priority in the REST budget: under load, replies matter more than typing."""
+        CURRENT_PRIORITY.set(Priority.STATUS)
+        with contextlib.suppress(discord.HTTPException):
+            while True:
+                await self.channel.typing()
+                await asyncio.sleep(TYPING_REFRESH_SECONDS)

@@ -1,0 +1,77 @@
+"""Discord's rate limits as the bot plans for them, and the priorities of its REST calls.
+
+Pure bookkeeping (no I/O): :class:`RateWindow` counts events in a sliding window;
+:class:`DiscordLimits` holds the numbers planned for (docs/discord-limits.md).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+
+class Priority(enum.IntEnum):
+    """Lower goes first. REST calls outside the scheduler (interaction responses with their
+    3 s deadline, typing) count as URGENT."""
+
+    URGENT = 0
+    FIRST = 1
+    FINAL = 2
+    INTERMEDIATE = 3
+    STATUS = 4
+
+
+# The priority of the REST call being made in this task (read by the global budget).
+CURRENT_PRIORITY: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "ollacord_rest_priority", default=Priority.URGENT
+)
+
+
+@dataclass(frozen=True)
+class DiscordLimits:
+    """Discord's limits as planned for, with headroom.
+
+    Discord publishes no number for message edits; "5 per 5 s per channel" is the long-standing
+    observed bucket, which the per-channel ``X-RateLimit-*`` headers confirm. The global limit
+    is 50 requests per second (discord-platform.md).
+    """
+
+    channel_limit: int = 5
+    channel_window: float = 5.25  # 5 s plus a margin for network jitter
+    global_limit: int = 45  # of Discord's 50/s: room for discord.py's own calls and jitter
+    global_window: float = 1.0
+    intermediate_share: float = 0.6  # of the global budget, at most, for intermediate edits
+
+
+class RateWindow:
+    """At most ``limit`` events in any ``window`` seconds (a sliding window: never more than
+    Discord's fixed window allows, wherever its window starts)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+
+    def used(self, now: float) -> int:
+        self._expire(now)
+        return len(self._times)
+
+    def wait(self, now: float, *, keep_free: int = 0) -> float:
+        """Seconds until one more event fits while ``keep_free`` slots stay unused."""
+        self._expire(now)
+        allowed = self.limit - keep_free
+        if allowed <= 0:
+            return self.window
+        excess = len(self._times) - allowed + 1
+        if excess <= 0:
+            return 0.0
+        return max(0.0, self._times[excess - 1] + self.window - now)
+
+    def record(self, now: float) -> None:
+        self._times.append(now)

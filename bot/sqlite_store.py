@@ -1,0 +1,213 @@
+"""The SQLite history store (the embedded default): the only module that touches SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .history_store import ConversationState, StateChange, Turn, changed, cleared
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    ref INTEGER
+);
+CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation, id);
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation TEXT PRIMARY KEY,
+    summary TEXT NOT NULL DEFAULT '',
+    summary_upto INTEGER NOT NULL DEFAULT 0,
+    window_start INTEGER NOT NULL DEFAULT 0,
+    model TEXT,
+    system_prompt TEXT,
+    updated_at REAL NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+# Columns added after the first release, for databases created before them.
+_MIGRATIONS = (
+    ("turns", "ref", "ALTER TABLE turns ADD COLUMN ref INTEGER"),
+    (
+        "conversations",
+        "epoch",
+        "ALTER TABLE conversations ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+
+_STATE_COLUMNS = "summary, summary_upto, window_start, model, system_prompt, epoch"
+
+
+class SqliteHistoryStore:
+    """SQLite file store. Survives restarts and ``kill -9``.
+
+    sqlite3 blocks, so every call runs on one dedicated thread: calls are serialised in the
+    order they are made, and the event loop never waits on the disk. Each method is one
+    ``BEGIN IMMEDIATE`` transaction. WAL mode with ``synchronous=NORMAL`` keeps commits
+    durable across a process crash.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            for table, column, statement in _MIGRATIONS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(statement)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        await self._run(self._connect)
+
+    async def load(self, conversation: str, *, after: int = 0) -> list[Turn]:
+        return await self._run(self._load, conversation, after, None)
+
+    async def load_range(self, conversation: str, after: int, upto: int) -> list[Turn]:
+        return await self._run(self._load, conversation, after, upto)
+
+    def _load(self, conversation: str, after: int, upto: int | None) -> list[Turn]:
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT id, role, content, ref FROM turns WHERE conversation = ? AND id > ? "
+                "AND id <= ? ORDER BY id",
+                (conversation, after, upto if upto is not None else 2**62),
+            )
+            .fetchall()
+        )
+        return [Turn(role, content, id, ref) for id, role, content, ref in rows]
+
+    async def append(
+        self, conversation: str, turns: Sequence[Turn], *, epoch: int | None = None
+    ) -> list[Turn] | None:
+        return await self._run(self._replace, conversation, (), list(turns), epoch)
+
+    async def replace(
+        self,
+        conversation: str,
+        remove: Sequence[int],
+        turns: Sequence[Turn],
+        *,
+        epoch: int | None = None,
+    ) -> list[Turn] | None:
+        return await self._run(self._replace, conversation, list(remove), list(turns), epoch)
+
+    def _replace(
+        self, conversation: str, remove: Sequence[int], turns: list[Turn], epoch: int | None
+    ) -> list[Turn] | None:
+        now = time.time()
+        stored = []
+        with self._transaction() as db:
+            if epoch is not None and epoch != self._read_state(db, conversation).epoch:
+                return None  # reset since the reply started: its exchange is not kept
+            db.executemany(
+                "DELETE FROM turns WHERE conversation = ? AND id = ?",
+                [(conversation, turn_id) for turn_id in remove],
+            )
+            for turn in turns:
+                cursor = db.execute(
+                    "INSERT INTO turns (conversation, role, content, created_at, ref) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (conversation, turn.role, turn.content, now, turn.ref),
+                )
+                stored.append(replace(turn, id=int(cursor.lastrowid or 0)))
+        return stored
+
+    async def clear(self, conversation: str) -> int:
+        return await self._run(self._clear, conversation)
+
+    def _clear(self, conversation: str) -> int:
+        with self._transaction() as db:
+            db.execute("DELETE FROM turns WHERE conversation = ?", (conversation,))
+            state = cleared(self._read_state(db, conversation))
+            self._write_state(db, conversation, state)
+        return state.epoch
+
+    async def get_state(self, conversation: str) -> ConversationState:
+        return await self._run(lambda: self._read_state(self._connect(), conversation))
+
+    async def update_state(self, conversation: str, change: StateChange) -> ConversationState:
+        return await self._run(self._update_state, conversation, change)
+
+    def _update_state(self, conversation: str, change: StateChange) -> ConversationState:
+        with self._transaction() as db:
+            current = self._read_state(db, conversation)
+            state = changed(current, change)
+            if state is not current:
+                self._write_state(db, conversation, state)
+        return state
+
+    @staticmethod
+    def _read_state(db: sqlite3.Connection, conversation: str) -> ConversationState:
+        row = db.execute(
+            f"SELECT {_STATE_COLUMNS} FROM conversations WHERE conversation = ?", (conversation,)
+        ).fetchone()
+        return ConversationState(*row) if row else ConversationState()
+
+    @staticmethod
+    def _write_state(db: sqlite3.Connection, conversation: str, state: ConversationState) -> None:
+        db.execute(
+            f"INSERT INTO conversations (conversation, {_STATE_COLUMNS}, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (conversation) DO UPDATE SET summary = excluded.summary, "
+            "summary_upto = excluded.summary_upto, window_start = excluded.window_start, "
+            "model = excluded.model, system_prompt = excluded.system_prompt, "
+            "epoch = excluded.epoch, updated_at = excluded.updated_at",
+            (
+                conversation,
+                state.summary,
+                state.summary_upto,
+                state.window_start,
+                state.model,
+                state.system_prompt,
+                state.epoch,
+                time.time(),
+            ),
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection autocommits)."""
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._connect().execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,84 @@
+"""What a turn is made of: the user's message, the sink its reply streams into, how it ended.
+
+Plain values shared by the engine and its drivers (the Discord layer, the console); nothing
+here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .ollama import OllamaError
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file that came with a message, as a plain record (the Discord layer fills it in)."""
+
+    filename: str
+    url: str
+    content_type: str | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class UserMessage:
+    """The user's side of a turn: what they typed, who they are (in a shared channel), and
+    what they attached."""
+
+    text: str
+    speaker: str | None = None  # set where several people share a conversation
+    attachments: tuple[Attachment, ...] = ()
+
+    def prompt_text(self) -> str:
+        """The text as the model reads it: ``Name: text`` where several people talk."""
+        return f"{self.speaker}: {self.text}" if self.speaker else self.text
+
+
+class ReplySink(Protocol):
+    """Where a reply goes as it streams (Discord messages, or the terminal), and the events of
+    its life: waiting in the queue, its turn starting, its first words."""
+
+    def queued(self, ahead: int) -> None:
+        """Waiting for an Ollama slot with ``ahead`` replies before it (called on changes)."""
+        ...
+
+    async def started(self) -> None:
+        """Its turn came: the request to Ollama goes out now."""
+        ...
+
+    async def first_text(self) -> None:
+        """The first visible words are about to be fed."""
+        ...
+
+    async def feed(self, delta: str) -> None: ...
+
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+        """The reply is over; ``note`` goes after the text; ``stored``: it is in the history."""
+        ...
+
+
+class QuietEvents:
+    """The sink events as no-ops, for sinks that only show text."""
+
+    def queued(self, ahead: int) -> None:
+        return None
+
+    async def started(self) -> None:
+        return None
+
+    async def first_text(self) -> None:
+        return None
+
+
+@dataclass
+class ReplyOutcome:
+    """How one turn ended. ``status``: ok, error, cut_off, empty, refused, stopped."""
+
+    status: str
+    text: str = ""
+    error: OllamaError | None = None
+    metrics: Mapping[str, int] = field(default_factory=dict)
+    stored: bool = False
