@@ -7,12 +7,11 @@ and asks here; nothing in this module does I/O, so every rule is tested directly
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .clock import Clock
 from .settings import Settings
-
-Clock = Callable[[], float]
 
 NOTICE_PERIOD = 3600.0  # a refused person is told at most once an hour
 

@@ -6,8 +6,8 @@ A turn waits for its place in the fair queue, then runs as plan -> stream -> com
 * stream: ``/api/chat`` into the reply sink as the tokens come;
 * commit: the finished exchange into the store, unless the conversation was reset meanwhile.
 
-Whatever happens, a turn leaves through one place, :meth:`ChatEngine._end`, which writes the
-history, finishes the sink, counts the outcome and logs it. The engine knows nothing about
+Whatever happens, a turn leaves through one place, :class:`bot.turn_end.TurnEnd` (the engine's
+``_end``), which finishes the sink, writes the history, counts the outcome and logs it. The engine knows nothing about
 Discord: the Discord layer and the console both drive it through a :class:`ReplySink`.
 """
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import Clock
@@ -28,52 +27,14 @@ from .ollama import OllamaClient, OllamaError
 from .request_queue import FairQueue, Ticket
 from .settings import Settings
 from .think_filter import ThinkFilter
-from .turn import ReplyOutcome, ReplySink, UserMessage
-from .user_messages import (
-    EMPTY_REPLY,
-    INTERRUPTED,
-    STOPPED_MARK,
-    STOPPED_NOTE,
-    TOO_LONG,
-    cut_off_note,
-    error_message,
-)
+from .turn import Refusal, ReplyOutcome, ReplySink, RunningTurn, UserMessage
+from .turn_end import TurnEnd
+from .user_messages import STOPPED_NOTE, TOO_LONG
 
 log = logging.getLogger(__name__)
 
 # After the grace period, how long interrupted replies get to write their closing note.
 NOTE_SECONDS = 1.5
-
-
-@dataclass
-class _Turn:
-    """One turn in progress: what the engine knows about it so far."""
-
-    conversation: str
-    message: UserMessage
-    sink: ReplySink
-    user_id: int | None
-    ref: int | None  # the Discord message it answers
-    regenerate: bool
-    log_fields: str
-    started: float
-    model: str
-    task: asyncio.Task[Any] | None = None
-    streaming: bool = False
-    epoch: int = 0
-    text: str = ""
-    first_text_at: float | None = None
-    stats: Mapping[str, int] = field(default_factory=dict)
-    stop_note: str | None = None
-    keep_partial: bool = False  # stopped by its asker: store what was written, marked stopped
-    replacing: list[int] = field(default_factory=list)  # Regenerate: the exchange it replaces
-    user_turn: Turn | None = None
-
-
-@dataclass(frozen=True)
-class _Refusal:
-    reason: str
-    note: str | None
 
 
 class ChatEngine:
@@ -101,9 +62,10 @@ class ChatEngine:
         # Replies wait here for an Ollama slot: round-robin across conversations, in order
         # within each (which is what keeps a conversation's history consistent).
         self.queue = FairQueue(settings.max_concurrent, settings.queue_limit)
-        self._turns: dict[asyncio.Task[Any], _Turn] = {}  # waiting or running
-        self._running: dict[str, _Turn] = {}  # the one running, per conversation
+        self._turns: dict[asyncio.Task[Any], RunningTurn] = {}  # waiting or running
+        self._running: dict[str, RunningTurn] = {}  # the one running, per conversation
         self.context = ContextKeeper(ollama, store, settings)
+        self._end = TurnEnd(store, clock, metrics)
         self._spawned: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -140,7 +102,7 @@ class ChatEngine:
         Every failure ends in exactly one user-visible message through the sink, and the
         history is only changed when the reply completed (or was stopped by its asker).
         """
-        turn = _Turn(
+        turn = RunningTurn(
             conversation,
             message,
             sink,
@@ -154,7 +116,7 @@ class ChatEngine:
         )
         refusal = self._refusal(message)
         if refusal is not None:
-            return await self._end(turn, "refused", refusal=refusal)
+            return await self._end.end(turn, "refused", refusal=refusal)
         if turn.task is not None:
             self._turns[turn.task] = turn
         ticket = self.queue.enter(conversation, user_id, sink.queued)
@@ -167,29 +129,29 @@ class ChatEngine:
             if turn.task is not None:
                 self._turns.pop(turn.task, None)
 
-    def _refusal(self, message: UserMessage) -> _Refusal | None:
+    def _refusal(self, message: UserMessage) -> Refusal | None:
         limit = self.settings.max_input_chars
         text = message.prompt_text()
         if len(text) > limit:
-            return _Refusal("too_long", TOO_LONG.format(length=len(text), limit=limit))
+            return Refusal("too_long", TOO_LONG.format(length=len(text), limit=limit))
         if self.gate is not None and (busy := self.gate()) is not None:
-            return _Refusal("model_busy", busy)
+            return Refusal("model_busy", busy)
         return None
 
-    async def _wait_for_turn(self, turn: _Turn, ticket: Ticket) -> None:
+    async def _wait_for_turn(self, turn: RunningTurn, ticket: Ticket) -> None:
         if self.metrics:
             self.metrics.requests_waiting.inc()
         try:
             await ticket.wait()
         except asyncio.CancelledError:
             # Stopped while waiting for its turn (reset or shutdown): still say so.
-            await self._end(turn, "stopped")
+            await self._end.end(turn, "stopped")
             raise
         finally:
             if self.metrics:
                 self.metrics.requests_waiting.dec()
 
-    async def _run(self, turn: _Turn, ticket: Ticket) -> ReplyOutcome:
+    async def _run(self, turn: RunningTurn, ticket: Ticket) -> ReplyOutcome:
         """plan -> stream -> commit, with its Ollama slot held until the stream ends."""
         self._running[turn.conversation] = turn
         if self.metrics:
@@ -198,28 +160,28 @@ class ChatEngine:
         outcome: ReplyOutcome | None = None
         try:
             prepared = await self._plan(turn)
-            if isinstance(prepared, _Refusal):
-                return await self._end(turn, "refused", refusal=prepared)
+            if isinstance(prepared, Refusal):
+                return await self._end.end(turn, "refused", refusal=prepared)
             try:
                 await self._stream(turn, prepared)
             except OllamaError as error:
                 ticket.release_slot()
                 status = "cut_off" if turn.text.strip() else "error"
-                return await self._end(turn, status, error=error)
+                return await self._end.end(turn, status, error=error)
             # Ollama is done with this reply: let the next one start while Discord catches up.
             ticket.release_slot()
             if turn.keep_partial:
-                outcome = await self._end(turn, "stopped")
+                outcome = await self._end.end(turn, "stopped")
             elif not turn.text.strip():
-                outcome = await self._end(turn, "empty")
+                outcome = await self._end.end(turn, "empty")
             else:
-                outcome = await self._end(turn, "ok")
+                outcome = await self._end.end(turn, "ok")
                 self.context.observe(prepared, turn.stats)
             return outcome
         except asyncio.CancelledError:
             # Reset or shutdown: the turn ends here, with its note, and stores nothing.
             ticket.release_slot()
-            await self._end(turn, "stopped")
+            await self._end.end(turn, "stopped")
             raise
         finally:
             if self.metrics:
@@ -230,7 +192,7 @@ class ChatEngine:
             # Summaries run when no reply is waiting for Ollama.
             self.context.reply_ended(turn.conversation if stored else None, self._spawn)
 
-    async def _plan(self, turn: _Turn) -> Prepared | _Refusal:
+    async def _plan(self, turn: RunningTurn) -> Prepared | Refusal:
         state, turn.model, system_prompt = await self.conversation_settings(turn.conversation)
         turn.epoch = state.epoch
         turns = await self.store.load(turn.conversation, after=state.window_start)
@@ -244,7 +206,7 @@ class ChatEngine:
                 and last[0].ref == turn.ref
                 and last[1].role == "assistant"
             ):
-                return _Refusal("not_latest", None)  # the earlier answer stays as it is
+                return Refusal("not_latest", None)  # the earlier answer stays as it is
             turn.replacing = [t.id for t in last]
             turn.user_turn = Turn("user", last[0].content, ref=turn.ref)
             turns = turns[:-2]
@@ -252,10 +214,10 @@ class ChatEngine:
             turn.conversation, state, turn.model, system_prompt, turns, turn.user_turn
         )
         if prepared.refusal is not None:
-            return _Refusal("context", prepared.refusal)
+            return Refusal("context", prepared.refusal)
         return prepared
 
-    async def _stream(self, turn: _Turn, prepared: Prepared) -> None:
+    async def _stream(self, turn: RunningTurn, prepared: Prepared) -> None:
         """Stream the answer into the sink.
 
         The Stop button cancels the turn's task while it streams (:meth:`stop`); that one
@@ -272,7 +234,7 @@ class ChatEngine:
         finally:
             turn.streaming = False
 
-    async def _read_stream(self, turn: _Turn, prepared: Prepared) -> None:
+    async def _read_stream(self, turn: RunningTurn, prepared: Prepared) -> None:
         stream = self.ollama.chat(
             turn.model,
             prepared.messages,
@@ -292,7 +254,7 @@ class ChatEngine:
                     turn.stats = chunk.metrics
             await self._show(turn, think_filter.flush())
 
-    async def _show(self, turn: _Turn, visible: str) -> None:
+    async def _show(self, turn: RunningTurn, visible: str) -> None:
         # Models often start with a space or newline; Discord would trim it anyway.
         delta = visible if turn.text else visible.lstrip()
         if not delta:
@@ -304,111 +266,6 @@ class ChatEngine:
             await turn.sink.first_text()
         turn.text += delta
         await turn.sink.feed(delta)
-
-    # --- the one exit ------------------------------------------------------------------------
-
-    async def _end(
-        self,
-        turn: _Turn,
-        status: str,
-        *,
-        error: OllamaError | None = None,
-        refusal: _Refusal | None = None,
-    ) -> ReplyOutcome:
-        """Every turn ends here: finish the sink, keep what should be kept, count, log.
-
-        The final text goes out first (with the Regenerate button if the answer is to be
-        kept, in the same update), then the exchange is stored."""
-        note, answer = self._closing(turn, status, error, refusal)
-        keep = answer is not None and turn.user_turn is not None
-        stored = False
-        try:
-            await turn.sink.finish(note, stored=keep)
-            if keep and answer is not None:
-                stored = await self._commit(turn, answer)
-        except Exception:
-            if status != "stopped":
-                raise
-            # The turn is being torn down; the log line below says why it ended.
-            log.exception("event=stop_note_failed conversation=%s", turn.conversation)
-        finally:
-            self._count(status, error)
-            self._log(turn, status, error, refusal)
-        return ReplyOutcome(status, turn.text, error, turn.stats, stored)
-
-    def _closing(
-        self, turn: _Turn, status: str, error: OllamaError | None, refusal: _Refusal | None
-    ) -> tuple[str | None, str | None]:
-        """The note shown after the text, and the answer to store (None: store nothing)."""
-        if status == "ok":
-            return None, turn.text
-        if status == "refused":
-            return (refusal.note if refusal else None), None
-        if status == "error" and error is not None:
-            return error_message(error, model=turn.model), None
-        if status == "cut_off" and error is not None:
-            return cut_off_note(error), None
-        if status == "empty":
-            return EMPTY_REPLY, None
-        # stopped: by its asker, what was written stays (in the history too, marked stopped)
-        answer = (
-            f"{turn.text}\n\n{STOPPED_MARK}" if turn.keep_partial and turn.text.strip() else None
-        )
-        return turn.stop_note or INTERRUPTED, answer
-
-    async def _commit(self, turn: _Turn, answer: str) -> bool:
-        """Store the exchange, unless the conversation was reset since the turn began."""
-        assert turn.user_turn is not None
-        exchange = [turn.user_turn, Turn("assistant", answer)]
-        if turn.replacing:
-            kept = await self.store.replace(
-                turn.conversation, turn.replacing, exchange, epoch=turn.epoch
-            )
-        else:
-            kept = await self.store.append(turn.conversation, exchange, epoch=turn.epoch)
-        return kept is not None
-
-    def _count(self, status: str, error: OllamaError | None) -> None:
-        if self.metrics:
-            self.metrics.replies.labels(outcome=status).inc()
-            if error is not None:
-                self.metrics.ollama_errors.labels(kind=error.label).inc()
-
-    def _log(
-        self, turn: _Turn, status: str, error: OllamaError | None, refusal: _Refusal | None
-    ) -> None:
-        ended = self.clock()
-        fields = f"event=reply conversation={turn.conversation} outcome={status} model={turn.model}"
-        if status == "ok":
-            if self.metrics:
-                self.metrics.reply_duration.observe(ended - turn.started)
-            first = turn.first_text_at if turn.first_text_at is not None else ended
-            log.info(
-                "%s chars=%d ttft=%.3fs duration=%.3fs prompt_tokens=%s eval_tokens=%s %s",
-                fields,
-                len(turn.text),
-                first - turn.started,
-                ended - turn.started,
-                turn.stats.get("prompt_eval_count", "?"),
-                turn.stats.get("eval_count", "?"),
-                turn.log_fields,
-            )
-        elif error is not None:
-            log.warning(
-                "%s error=%s cause=%r chars=%d %s",
-                fields,
-                type(error).__name__,
-                str(error),
-                len(turn.text),
-                turn.log_fields,
-            )
-        elif status == "refused":
-            reason = refusal.reason if refusal else "?"
-            log.info("%s reason=%s %s", fields, reason, turn.log_fields)
-        else:
-            note = turn.stop_note or INTERRUPTED
-            level = logging.WARNING if status == "empty" else logging.INFO
-            log.log(level, "%s note=%r chars=%d %s", fields, note, len(turn.text), turn.log_fields)
 
     # --- controls ----------------------------------------------------------------------------
 

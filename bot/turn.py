@@ -6,10 +6,12 @@ here does I/O.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from .history_store import Turn
 from .ollama import OllamaError
 
 
@@ -82,3 +84,37 @@ class ReplyOutcome:
     error: OllamaError | None = None
     metrics: Mapping[str, int] = field(default_factory=dict)
     stored: bool = False
+
+
+@dataclass
+class RunningTurn:
+    """One turn in progress: what the engine knows about it so far."""
+
+    conversation: str
+    message: UserMessage
+    sink: ReplySink
+    user_id: int | None
+    ref: int | None  # the Discord message it answers
+    regenerate: bool
+    log_fields: str
+    started: float
+    model: str
+    task: asyncio.Task[Any] | None = None
+    streaming: bool = False
+    epoch: int = 0
+    text: str = ""
+    first_text_at: float | None = None
+    stats: Mapping[str, int] = field(default_factory=dict)
+    stop_note: str | None = None
+    keep_partial: bool = False  # stopped by its asker: store what was written, marked stopped
+    replacing: list[int] = field(default_factory=list)  # Regenerate: the exchange it replaces
+    user_turn: Turn | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a turn is not answered: a short reason for the log, and the note shown (None:
+    the earlier answer stays as it is)."""
+
+    reason: str
+    note: str | None
