@@ -1,0 +1,263 @@
+"""HTTP to Ollama: the one place a request is sent and the one place its failures are named.
+
+Every endpoint (chat, show, tags, version, pull, preload) goes through one context manager,
+``OllamaTransport._exchange``, so a transport failure is the same error class whichever endpoint
+it hit:
+
+- refused, DNS, connect timeout, invalid URL: :class:`OllamaUnavailable`;
+- the connection closed or failed before the first byte of the body: :class:`OllamaUnavailable`,
+  after it: :class:`StreamInterrupted` ``"dropped"`` (the answer had started);
+- no bytes for ``read_timeout`` seconds: :class:`OllamaTimeout` (``started`` as above);
+- a body that is not JSON: :class:`StreamInterrupted` ``"malformed"``;
+- an HTTP error status: see :meth:`OllamaTransport._status_error`.
+
+Protocol facts come from ``shared/reference/ollama-api.md``; section numbers refer to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from .ndjson import NdjsonDecoder, NdjsonError
+from .ollama_errors import (
+    ModelNotFound,
+    OllamaBusy,
+    OllamaError,
+    OllamaRequestError,
+    OllamaTimeout,
+    OllamaUnavailable,
+    StreamInterrupted,
+)
+
+USER_AGENT = "ollacord/0.1 (+aiohttp)"
+JSON_TYPE = "application/json"
+NDJSON_TYPE = "application/x-ndjson"
+
+# What the transport translates. Our own errors are let through first: OllamaTimeout is a
+# TimeoutError and would otherwise be translated again.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, NdjsonError)
+
+
+class _Exchange:
+    """One answered request: its response, and whether any of the body has arrived yet."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.started = False
+
+    @property
+    def is_ndjson(self) -> bool:
+        return "ndjson" in self.response.headers.get("Content-Type", "")
+
+    async def read(self) -> bytes:
+        """The next bytes of the body as they arrive (``b""`` at its end)."""
+        data = await self.response.content.readany()
+        if data:
+            self.started = True
+        return data
+
+
+class OllamaTransport:
+    """Owns the aiohttp session to one Ollama server (created lazily, closed by :meth:`close`).
+
+    Timeouts: no total timeout (a cold load plus a long answer can take minutes), a connect
+    timeout, and an idle-read timeout that restarts with every read. Changing them affects the
+    next session, i.e. after :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self.base_url = base_url
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self._base_url = value.rstrip("/")
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The session, once a request opened it (None before and after :meth:`close`)."""
+        return self._session
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                # Ollama (Go net/http) keeps idle connections open; reuse them for a minute.
+                connector=aiohttp.TCPConnector(keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+                ),
+                headers={"User-Agent": self.user_agent},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def stream(
+        self, path: str, body: Mapping[str, Any], *, model: str = ""
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """``POST`` ``body`` to ``path`` and yield each JSON object of the NDJSON answer as
+        it arrives. A 200 ``application/json`` answer (a load reply, an early error) yields its
+        one object. Close the generator (``aclosing``) to abandon the request."""
+        async with self._exchange("POST", path, body, model=model, accept=NDJSON_TYPE) as exchange:
+            decoder = NdjsonDecoder()
+            while data := await exchange.read():
+                for obj in decoder.feed(data):
+                    yield obj
+            if decoder.pending and exchange.is_ndjson:
+                # Every NDJSON line ends with "\n" (§2): a fragment at EOF is a cut connection.
+                raise StreamInterrupted(
+                    "dropped", "the stream ended in the middle of a line", endpoint=path
+                )
+            for obj in decoder.finish():
+                yield obj
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        model: str = "",
+    ) -> dict[str, Any]:
+        """Send one request and return its JSON object answer. A 200 whose object carries
+        ``"error"`` raises :class:`OllamaRequestError`, as the official clients do."""
+        async with self._exchange(method, path, body, model=model, accept=JSON_TYPE) as exchange:
+            raw = bytearray()
+            while data := await exchange.read():
+                raw += data
+            obj = _decode_object(bytes(raw))
+            status = exchange.response.status
+        if "error" in obj:
+            raise OllamaRequestError(status, str(obj["error"]), url=self.base_url, endpoint=path)
+        return obj
+
+    @asynccontextmanager
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        *,
+        model: str,
+        accept: str,
+    ) -> AsyncIterator[_Exchange]:
+        """Send the request; yield its successful response. Every failure of the transport,
+        while sending or while the caller reads the body, leaves as one of our errors."""
+        headers = {"Accept": accept}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = JSON_TYPE
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        exchange: _Exchange | None = None
+        try:
+            async with self._get_session().request(
+                method, f"{self.base_url}{path}", data=data, headers=headers
+            ) as response:
+                if response.status >= 400:
+                    raise await self._status_error(response, path, model)
+                exchange = _Exchange(response)
+                yield exchange
+        except OllamaError:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            started = exchange is not None and exchange.started
+            raise self._translate(exc, path, started=started) from exc
+
+    def _translate(self, exc: Exception, path: str, *, started: bool) -> OllamaError:
+        """The one mapping from aiohttp's (and the decoder's) exceptions to ours. Order
+        matters: aiohttp's connect timeout is a TimeoutError too, and its connector error is a
+        ClientOSError too (which otherwise means a failure mid-request)."""
+        url = self.base_url
+        if isinstance(exc, NdjsonError):
+            return StreamInterrupted("malformed", str(exc), endpoint=path)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            reason = f"no connection after {self.connect_timeout:g} s"
+            return OllamaUnavailable(url, reason, endpoint=path)
+        if isinstance(exc, TimeoutError):
+            return OllamaTimeout(self.read_timeout, started=started, endpoint=path)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return OllamaUnavailable(url, _connector_reason(exc), endpoint=path)
+        if isinstance(exc, aiohttp.InvalidURL):
+            return OllamaUnavailable(url, "the URL is not valid", endpoint=path)
+        # The connection closed or failed while the request was under way.
+        detail = str(exc) or type(exc).__name__
+        if started:
+            return StreamInterrupted("dropped", f"the connection was cut ({detail})", endpoint=path)
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            detail = "it closed the connection without answering"
+        return OllamaUnavailable(url, detail, endpoint=path)
+
+    async def _status_error(
+        self, response: aiohttp.ClientResponse, path: str, model: str
+    ) -> OllamaError:
+        """An HTTP error status as our error. Ollama's bodies are ``{"error": "..."}``, but a
+        404/405 from its router is plain text and proxies send HTML (§7b): fall back to the
+        raw text. Branch on the status, not the wording: it changed in v0.12 (§0)."""
+        raw = await response.read()
+        text = raw.decode("utf-8", "replace").strip()
+        server_message = _error_field(text)
+        message = (server_message if server_message is not None else text) or (
+            response.reason or f"HTTP {response.status}"
+        )
+        where: dict[str, str] = {"url": self.base_url, "endpoint": path}
+        if response.status == 404 and server_message is not None and model:
+            return ModelNotFound(model, message, endpoint=path)
+        if response.status == 404 and server_message is None:
+            hint = f"is {self.base_url} an Ollama server? {path} does not exist"
+            return OllamaRequestError(404, f"{message} ({hint})", **where)
+        if response.status == 503:
+            return OllamaBusy(503, message, **where)
+        return OllamaRequestError(response.status, message[:500], **where)
+
+
+def _error_field(text: str) -> str | None:
+    """The ``error`` of a JSON ``{"error": ...}`` body, or None if the body is not one."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(parsed, dict) and "error" in parsed:
+        return str(parsed["error"])
+    return None
+
+
+def _decode_object(raw: bytes) -> dict[str, Any]:
+    """A whole JSON body as an object. Raises NdjsonError so that it is translated like a
+    malformed stream line."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        preview = raw[:120].decode("utf-8", "replace")
+        raise NdjsonError(f"not a JSON answer: {preview!r} ({exc})") from None
+    if not isinstance(obj, dict):
+        raise NdjsonError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _connector_reason(exc: aiohttp.ClientConnectorError) -> str:
+    os_error = exc.os_error
+    if isinstance(os_error, ConnectionRefusedError):
+        return "connection refused"
+    return str(os_error) or type(os_error).__name__
