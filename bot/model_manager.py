@@ -117,7 +117,9 @@ class ModelManager:
             try:
                 await self._check_pull_preload()
                 return
-            except OllamaUnavailable as exc:
+            except OllamaError as exc:
+                # Unreachable, timed out, or answering with errors (a proxy's 502, a server
+                # still starting): none of these settles anything, so ask again later.
                 self.state = ModelState.UNREACHABLE
                 self.detail = str(exc)
                 delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
@@ -125,7 +127,7 @@ class ModelManager:
                 log.error(
                     "event=ollama_check ok=false url=%s cause=%r retry_in=%.0fs",
                     self.ollama.base_url,
-                    exc.reason,
+                    exc.reason if isinstance(exc, OllamaUnavailable) else str(exc),
                     delay,
                 )
                 await self.sleep(delay)

@@ -8,6 +8,7 @@ from typing import Any
 
 import discord
 import pytest
+from aiohttp import web
 from simcord import Env
 
 from bot import OllacordBot
@@ -177,6 +178,44 @@ async def test_unreachable_ollama_is_retried_with_backoff_until_it_answers(
     assert sleeps == [5, 10, 20]
     assert manager.state is ModelState.READY
     assert sum("retry_in=" in r.getMessage() for r in caplog.records) == 3
+
+
+async def test_an_ollama_answering_errors_at_start_is_retried_not_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A proxy in front of a still-starting Ollama answers 502 with an HTML page.
+    app = web.Application()
+
+    async def bad_gateway(request: web.Request) -> web.Response:
+        return web.Response(
+            status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
+        )
+
+    app.router.add_route("*", "/{tail:.*}", bad_gateway)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake = FakeOllama(models=("llama3.2",))
+    client = OllamaClient(f"http://127.0.0.1:{proxy_port}")
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        fake.start()  # Ollama is up behind the proxy now
+        client.base_url = fake.url
+
+    manager = ModelManager(client, "llama3.2", clock=SteppingClock(1.0), sleep=sleep)
+    try:
+        await manager.run()
+    finally:
+        await client.close()
+        await runner.cleanup()
+        fake.stop()
+    assert len(sleeps) == 1
+    assert manager.state is ModelState.READY
+    assert any("502" in r.getMessage() and "retry_in=" in r.getMessage() for r in caplog.records)
 
 
 async def test_busy_message_while_pulling(fake_ollama: FakeOllama) -> None:
