@@ -6,9 +6,10 @@ A turn waits for its place in the fair queue, then runs as plan -> stream -> com
 * stream: ``/api/chat`` into the reply sink as the tokens come;
 * commit: the finished exchange into the store, unless the conversation was reset meanwhile.
 
-Whatever happens, a turn leaves through one place, :class:`bot.turn_end.TurnEnd` (the engine's
-``_end``), which finishes the sink, writes the history, counts the outcome and logs it. The engine knows nothing about
-Discord: the Discord layer and the console both drive it through a :class:`ReplySink`.
+Whatever happens, a turn leaves through one place, :class:`bot.turn_end.TurnEnd` (the
+engine's ``_end``), which finishes the sink, writes the history, counts the outcome and logs
+it. The engine knows nothing about Discord: the Discord layer and the console both drive it
+through a :class:`ReplySink`.
 """
 
 from __future__ import annotations
