@@ -1,9 +1,9 @@
 """Fitting a conversation into the model's context: a token budget and a prefix-stable window.
 
-Two obvious approaches fail (issue #4): sending the whole history lets Ollama silently drop the
-oldest messages once ``num_ctx`` is exceeded, and sliding the window one turn per reply changes
-the start of the prompt every time, so Ollama's prompt cache never helps and the whole context
-is evaluated again for every reply. Here the prompt is::
+Two obvious approaches fail (docs/ollama-protocol.md#context): sending the whole history lets
+Ollama silently drop the oldest messages once ``num_ctx`` is exceeded, and sliding the window one
+turn per reply changes the start of the prompt every time, so Ollama's prompt cache never helps and
+the whole context is evaluated again for every reply. Here the prompt is::
 
     system prompt | summary of older turns | recent turns (the window) | new message
 

@@ -3,7 +3,7 @@
 Sending, timeouts and the naming of failures live in :mod:`bot.ollama_transport`; the error
 classes in :mod:`bot.ollama_errors`, re-exported here so that ``from bot.ollama import X`` works
 for every error (the Discord layer maps each class to one user message).
-Protocol facts come from ``shared/reference/ollama-api.md``; section numbers below refer to it.
+Protocol facts: ``docs/ollama-protocol.md`` (anchors below refer to it).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class OllamaClient:
         async with aclosing(self._transport.stream(CHAT, body, model=model)) as lines:
             async for obj in lines:
                 if "error" in obj:
-                    # §4.1 row 16: an error after the first event keeps status 200, ends it.
+                    # #error-line: an error after the first event keeps status 200, ends it.
                     raise StreamInterrupted("model_error", str(obj["error"]), endpoint=CHAT)
                 chunk = ChatChunk.from_json(obj)
                 yield chunk
@@ -223,7 +223,7 @@ class OllamaClient:
             )
 
     async def pull(self, model: str) -> AsyncGenerator[PullProgress, None]:
-        """Stream ``POST /api/pull`` progress (§6). Raises :class:`OllamaError` on failure,
+        """Stream ``POST /api/pull`` progress (#pull). Raises :class:`OllamaError` on failure,
         including the ``{"error"}`` line an unknown model gets after a 200."""
         success = False
         body = {"model": model, "stream": True}
@@ -243,7 +243,7 @@ class OllamaClient:
             )
 
     async def preload(self, model: str, keep_alive: str | float | None = None) -> None:
-        """Load the model into memory now (a chat request with no messages, §4.2), so the
+        """Load the model into memory now (a chat request with no messages, #loading), so the
         first user does not wait for the load."""
         body: dict[str, Any] = {"model": model}
         if keep_alive is not None:
@@ -276,7 +276,7 @@ class OllamaClient:
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
     ) -> tuple[str, Mapping[str, int]]:
-        """A non-streamed ``/api/chat`` (§3): the whole answer at once, and its metrics."""
+        """A non-streamed ``/api/chat`` (#non-stream): the whole answer at once, and its metrics."""
         body: dict[str, Any] = {
             "model": model,
             "messages": list(messages),
@@ -302,7 +302,7 @@ class OllamaClient:
 
 
 def model_matches(configured: str, available: str) -> bool:
-    """Compare names as Ollama does: case-insensitive, ``:latest`` implied (§7b "Names")."""
+    """Compare names as Ollama does: case-insensitive, ``:latest`` implied (#names)."""
 
     def normalise(name: str) -> str:
         name = name.strip().lower()

@@ -40,7 +40,7 @@ class OllamaUnavailable(OllamaError, ConnectionError):
 
 
 class ModelNotFound(OllamaError):
-    """The model is not pulled (a JSON 404, either wording of §4.1 row 5)."""
+    """The model is not pulled (a JSON 404, either wording: docs/ollama-protocol.md#errors)."""
 
     def __init__(self, model: str, detail: str = "", *, endpoint: str = "") -> None:
         where = f" on {endpoint}" if endpoint else ""
@@ -55,7 +55,8 @@ class ModelNotFound(OllamaError):
 
 
 class OllamaRequestError(OllamaError):
-    """Ollama answered with an HTTP error status (§4.1): 400 bad request, 500 failures, ...
+    """Ollama answered with an HTTP error status (docs/ollama-protocol.md#errors): 400 bad request,
+    500 failures, ...
 
     ``message`` is the server's own text (users are shown it); ``str()`` adds where it came from.
     """
@@ -103,7 +104,8 @@ class OllamaTimeout(OllamaError, TimeoutError):
 
 
 class StreamInterrupted(OllamaError):
-    """The answer started, then ended without finishing (§4.5, §7b).
+    """The answer started, then ended without finishing (docs/ollama-protocol.md#error-line,
+    #eof-without-done, #dropped).
 
     ``kind`` is one of: ``"model_error"`` (an ``{"error"}`` line after a 200),
     ``"incomplete"`` (clean EOF without a done line), ``"dropped"`` (the connection was cut),

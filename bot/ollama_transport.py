@@ -11,7 +11,7 @@ it hit:
 - a body that is not JSON: :class:`StreamInterrupted` ``"malformed"``;
 - an HTTP error status: see :meth:`OllamaTransport._status_error`.
 
-Protocol facts come from ``shared/reference/ollama-api.md``; section numbers refer to it.
+Protocol facts: ``docs/ollama-protocol.md`` (anchors below refer to it).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class OllamaTransport:
                 for obj in decoder.feed(data):
                     yield obj
             if decoder.pending and exchange.is_ndjson:
-                # Every NDJSON line ends with "\n" (§2): a fragment at EOF is a cut connection.
+                # Every NDJSON line ends with "\n" (#stream): a fragment at EOF is a cut connection.
                 raise StreamInterrupted(
                     "dropped", "the stream ended in the middle of a line", endpoint=path
                 )
@@ -213,8 +213,8 @@ class OllamaTransport:
         self, response: aiohttp.ClientResponse, path: str, model: str
     ) -> OllamaError:
         """An HTTP error status as our error. Ollama's bodies are ``{"error": "..."}``, but a
-        404/405 from its router is plain text and proxies send HTML (§7b): fall back to the
-        raw text. Branch on the status, not the wording: it changed in v0.12 (§0)."""
+        404/405 from its router is plain text and proxies send HTML (#errors): fall back to the
+        raw text. Branch on the status, not the wording: it changed in v0.12 (#versions)."""
         raw = await response.read()
         text = raw.decode("utf-8", "replace").strip()
         server_message = _error_field(text)

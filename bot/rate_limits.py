@@ -35,7 +35,7 @@ class DiscordLimits:
 
     Discord publishes no number for message edits; "5 per 5 s per channel" is the long-standing
     observed bucket, which the per-channel ``X-RateLimit-*`` headers confirm. The global limit
-    is 50 requests per second (discord-platform.md).
+    is 50 requests per second (docs/discord-limits.md#global-limit).
     """
 
     channel_limit: int = 5

@@ -29,8 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
 class SteppingClock:
     """A clock that moves ``step`` seconds every time it is read.
 
-    SimCord freezes ``time.monotonic`` inside bot code (testing.md, trap 1), so streaming
-    behaviour is tested with this instead: the sequence of edits is then exact and repeatable.
+    SimCord freezes ``time.monotonic`` inside bot code (docs/testing.md#trap-frozen-clock), so
+    streaming behaviour is tested with this instead: the sequence of edits is then exact and
+    repeatable.
     """
 
     def __init__(self, step: float = 0.0, start: float = 1000.0) -> None:

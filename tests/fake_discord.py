@@ -1,10 +1,11 @@
 """A fake Discord (REST API + gateway) on 127.0.0.1 for running an UNMODIFIED discord.py client.
 
-Why it exists: SimCord (testing.md) runs the bot in-process against an in-memory Discord and has
-no rate-limit model, and it cannot host ``python -m bot`` as a subprocess. Restarts, kill -9,
-SIGTERM and rate limits need a Discord that speaks the real wire protocol over real sockets, so
-that discord.py's own machinery (``HTTPClient.request``, ``Ratelimit``, ``DiscordWebSocket``,
-``ConnectionState`` parsers, the app-command tree) runs exactly as it does in production.
+Why it exists: SimCord (docs/testing.md#simcord) runs the bot in-process against an in-memory
+Discord and has no rate-limit model, and it cannot host ``python -m bot`` as a subprocess.
+Restarts, kill -9, SIGTERM and rate limits need a Discord that speaks the real wire protocol over
+real sockets, so that discord.py's own machinery (``HTTPClient.request``, ``Ratelimit``,
+``DiscordWebSocket``, ``ConnectionState`` parsers, the app-command tree) runs exactly as it does in
+production.
 
 Why its own thread and event loop: like ``tests/fake_ollama.py``, the server must keep real time
 even when the test's loop is virtualised or blocked. It runs in a daemon thread, in a fresh

@@ -1,4 +1,5 @@
-"""A faithful fake Ollama HTTP server for tests (see /work/shared/reference/ollama-api.md, §7a).
+"""A faithful fake Ollama HTTP server for tests (see docs/ollama-protocol.md and
+docs/testing.md#fake-ollama).
 
 Why it exists: no real Ollama server can run on the test machines, yet the bot's client code must
 be exercised against the real wire protocol (NDJSON framing, Go JSON escaping, headers held back
@@ -63,7 +64,8 @@ __all__ = [
 
 #: gin's ``c.JSON`` content type: normal replies and validation errors.
 JSON_CT = "application/json; charset=utf-8"
-#: ``streamResponse`` sets this explicitly for an error raised before the first event (row 15).
+#: ``streamResponse`` sets this explicitly for an error raised before the first event
+#: (docs/ollama-protocol.md#errors).
 JSON_CT_NO_CHARSET = "application/json"
 NDJSON_CT = "application/x-ndjson"
 #: gin's router errors (404/405) use a bare ``text/plain``.
@@ -566,7 +568,8 @@ _CHAT_FIELDS = (
 
 
 def _decode_chat(body: bytes) -> dict[str, Any]:
-    """Decode a ChatRequest with Go's error texts; unknown fields are ignored (behaviour 30)."""
+    """Decode a ChatRequest with Go's error texts; unknown fields are ignored
+    (docs/ollama-protocol.md#chat-request)."""
     raw = _go_decode(body)
     if raw is None:
         return {}
@@ -638,7 +641,8 @@ _FLOAT_OPTIONS = frozenset(
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    """``api.Options.FromMap``: unknown keys ignored, a wrong type is a 500 (behaviour 22)."""
+    """``api.Options.FromMap``: unknown keys ignored, a wrong type is a 500
+    (docs/ollama-protocol.md#chat-request)."""
     for key, value in options.items():
         if value is None:
             continue
@@ -693,7 +697,8 @@ class PromptStats:
     total: int  # prompt tokens after context-overflow truncation
     cached: int  # leading tokens shared with the previous prompt on the same model
     evaluated: int  # total - cached (at least 1, as llama.cpp always evaluates the last token)
-    truncated: bool  # old messages were dropped silently to fit num_ctx (§4.4)
+    # old messages were dropped silently to fit num_ctx (docs/ollama-protocol.md#context)
+    truncated: bool
     num_ctx: int
 
 
@@ -850,7 +855,8 @@ class Reply:
     and ``function.index`` are filled in."""
     # Extensions beyond the brief (all optional):
     prompt_eval_delay: float = 0.0
-    """Seconds of prompt evaluation after the load, also before headers (behaviour 4)."""
+    """Seconds of prompt evaluation after the load, also before headers
+    (docs/ollama-protocol.md#stream)."""
     tool_calls_on_final: bool = False
     """Put ``tool_calls`` on the final ``done:true`` chunk instead (native-template path)."""
     mixed_transition: bool = False
@@ -986,7 +992,7 @@ def _chat_obj(
 class FakeOllama(ThreadedServer):
     """A fake Ollama server on 127.0.0.1, running in its own thread and event loop.
 
-    Behaviours follow §7a of the protocol reference. Simplifications (on purpose):
+    Behaviours follow docs/ollama-protocol.md. Simplifications (on purpose):
 
     - A single model catalogue with fixed details; ``thinking_models`` are added to it.
     - Prompt tokens are counted with ``re.findall(r"\\w+|[^\\w\\s]")`` over each message's role
@@ -1397,7 +1403,8 @@ class FakeOllama(ThreadedServer):
         ctx.rec.events.append(("cancelled", time.perf_counter()))
 
     async def _chat(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
-        """ChatHandler: checks in the reference's order (§4.1), then schedule and generate."""
+        """ChatHandler: checks in Ollama's order (docs/ollama-protocol.md#errors), then schedule
+        and generate."""
         t0 = time.perf_counter_ns()
         req = _decode_chat(rec.body)
         top_logprobs = req.get("top_logprobs") or 0
@@ -1487,7 +1494,8 @@ class FakeOllama(ThreadedServer):
             rec.events.append(("end", time.perf_counter()))
 
     def _fit_context(self, ctx: _Chat, *, truncate: bool | None, shift: bool | None) -> None:
-        """§4.4: drop the oldest non-system messages to fit ``num_ctx`` (keep the last one)."""
+        """docs/ollama-protocol.md#context: drop the oldest non-system messages to fit ``num_ctx``
+        (keep the last one)."""
         counts = [_count_tokens(m) for m in ctx.messages]
         total = sum(counts)
         if total > ctx.num_ctx and truncate is not False:
@@ -1530,7 +1538,8 @@ class FakeOllama(ThreadedServer):
         ctx.prompt_tokens = total if self.prompt_eval_includes_cached else evaluated
 
     async def _load(self, ctx: _Chat) -> None:
-        """Model load then prompt evaluation: nothing is written meanwhile (behaviour 4)."""
+        """Model load then prompt evaluation: nothing is written meanwhile
+        (docs/ollama-protocol.md#stream)."""
         cold = not self._is_loaded(ctx.entry)
         if cold:
             ctx.cold_extra_ns = int(self.cold_load_duration * 1e9)
@@ -1761,7 +1770,8 @@ class FakeOllama(ThreadedServer):
             await ctx.request.writer.drain()
 
     async def _respond_stream(self, ctx: _Chat) -> web.StreamResponse:
-        """``streamResponse``: headers go out with the first event; errors per §4.1 rows 15/16."""
+        """``streamResponse``: headers go out with the first event; errors per
+        docs/ollama-protocol.md#errors."""
         resp = _ndjson_response()
         try:
             async for event in self._events(ctx):
@@ -1801,7 +1811,8 @@ class FakeOllama(ThreadedServer):
         return resp
 
     async def _respond_once(self, ctx: _Chat) -> web.StreamResponse:
-        """``stream:false``: drain every event, then one ``c.JSON`` (§3)."""
+        """``stream:false``: drain every event, then one ``c.JSON``
+        (docs/ollama-protocol.md#non-stream)."""
         lines: list[dict[str, Any]] = []
         async for event in self._events(ctx):
             if isinstance(event, _Line):

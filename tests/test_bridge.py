@@ -488,7 +488,7 @@ async def test_a_2000_char_user_message_is_answered(
 @pytest.mark.bot_env(OLLAMA_THINK="true")
 async def test_reasoning_is_never_shown(simcord_env: Env, fake_ollama: FakeOllama) -> None:
     # With OLLAMA_THINK on, `think` is left to the server, so a thinking model streams its
-    # reasoning first (ollama-api.md section 2, "Thinking"); only the answer reaches Discord.
+    # reasoning first (docs/ollama-protocol.md#thinking); only the answer reaches Discord.
     channel, alice = setup_channel(simcord_env)
     fake_ollama.queue(Reply(thinking=["Let me", " think about", " this."], tokens=["It", " is 4."]))
 

@@ -1,6 +1,6 @@
 """Tests of the fake Ollama server itself, over real HTTP.
 
-Why: every bot test trusts this fake to behave like Ollama (ollama-api.md §7a). If the fake
+Why: every bot test trusts this fake to behave like Ollama (docs/ollama-protocol.md). If the fake
 drifted (a charset appended, headers sent early, a metric on an intermediate chunk) the bot's
 tests would pass against a server that does not exist. So the wire is checked byte for byte with
 a raw socket, and the client-visible behaviour with aiohttp, as the bot sees it.
@@ -821,7 +821,8 @@ async def test_pull_progress_and_errors(fake: FakeOllama) -> None:
 
 
 async def test_stop_with_a_hung_handler_is_prompt() -> None:
-    """A hung request must not hold up teardown (trap 4), and it is not a client cancel."""
+    """A hung request must not hold up teardown (docs/testing.md#trap-teardown), and it is not a
+    client cancel."""
     fake = FakeOllama().start()
     fake.queue(Reply(hang=True))
     client = await RawClient.send(fake, "POST", "/api/chat", chat())

@@ -36,7 +36,7 @@ async def test_a_missing_model_is_pulled_at_start_then_preloaded_and_answers(
     assert isinstance(bot, OllacordBot)
     assert [r.json["model"] for r in pull_requests(fake_ollama)] == ["llama3.2"]
     assert bot.models.state is ModelState.READY
-    # Preloaded: a chat request without messages (ollama-api.md 4.2).
+    # Preloaded: a chat request without messages (docs/ollama-protocol.md#loading).
     loads = [
         r
         for r in fake_ollama.requests

@@ -154,7 +154,7 @@ async def test_stream_interruptions_are_classified(
 
 
 async def test_a_hung_server_hits_the_idle_read_timeout(fake_ollama: FakeOllama) -> None:
-    # Tested here, outside SimCord, where timers are real (testing.md, trap 3).
+    # Tested here, outside SimCord, where timers are real (docs/testing.md#trap-timeouts).
     fake_ollama.queue(Reply(hang=True))
     client = OllamaClient(fake_ollama.url, read_timeout=0.3)
     with pytest.raises(OllamaTimeout) as info:
