@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from contextlib import aclosing
 from typing import Any
 
+from .answer_stream import AnswerStream
 from .clock import Clock
 from .context_keeper import ContextKeeper, Prepared
 from .history_store import ConversationState, HistoryStore, Turn
@@ -27,7 +27,6 @@ from .metrics import Metrics
 from .ollama import OllamaClient, OllamaError
 from .request_queue import FairQueue, Ticket
 from .settings import Settings
-from .think_filter import ThinkFilter
 from .turn import Refusal, ReplyOutcome, ReplySink, RunningTurn, UserMessage
 from .turn_end import TurnEnd
 from .user_messages import STOPPED_NOTE, TOO_LONG
@@ -66,6 +65,7 @@ class ChatEngine:
         self._turns: dict[asyncio.Task[Any], RunningTurn] = {}  # waiting or running
         self._running: dict[str, RunningTurn] = {}  # the one running, per conversation
         self.context = ContextKeeper(ollama, store, settings)
+        self._answer = AnswerStream(ollama, settings, clock, metrics)
         self._end = TurnEnd(store, clock, metrics)
         self._spawned: set[asyncio.Task[None]] = set()
 
@@ -164,7 +164,7 @@ class ChatEngine:
             if isinstance(prepared, Refusal):
                 return await self._end.end(turn, "refused", refusal=prepared)
             try:
-                await self._stream(turn, prepared)
+                await self._answer.stream(turn, prepared)
             except OllamaError as error:
                 ticket.release_slot()
                 status = "cut_off" if turn.text.strip() else "error"
@@ -217,56 +217,6 @@ class ChatEngine:
         if prepared.refusal is not None:
             return Refusal("context", prepared.refusal)
         return prepared
-
-    async def _stream(self, turn: RunningTurn, prepared: Prepared) -> None:
-        """Stream the answer into the sink.
-
-        The Stop button cancels the turn's task while it streams (:meth:`stop`); that one
-        cancellation only ends the stream, and the turn goes on to keep what was written. Any
-        other cancellation (reset, shutdown, or a second one) ends the whole turn."""
-        turn.streaming = True
-        try:
-            await self._read_stream(turn, prepared)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not turn.keep_partial or task is None or task.cancelling() != 1:
-                raise
-            task.uncancel()
-        finally:
-            turn.streaming = False
-
-    async def _read_stream(self, turn: RunningTurn, prepared: Prepared) -> None:
-        stream = self.ollama.chat(
-            turn.model,
-            prepared.messages,
-            options=prepared.options,
-            keep_alive=self.settings.ollama_keep_alive,
-            # Reasoning is never shown; unless asked for, do not make the model spend on it.
-            think=None if self.settings.ollama_think else False,
-        )
-        think_filter = ThinkFilter()
-        async with aclosing(stream):
-            async for chunk in stream:
-                if chunk.content:
-                    if self.metrics:
-                        self.metrics.tokens.inc()
-                    await self._show(turn, think_filter.feed(chunk.content))
-                if chunk.done:
-                    turn.stats = chunk.metrics
-            await self._show(turn, think_filter.flush())
-
-    async def _show(self, turn: RunningTurn, visible: str) -> None:
-        # Models often start with a space or newline; Discord would trim it anyway.
-        delta = visible if turn.text else visible.lstrip()
-        if not delta:
-            return
-        if turn.first_text_at is None:
-            turn.first_text_at = self.clock()
-            if self.metrics:
-                self.metrics.time_to_first_token.observe(turn.first_text_at - turn.started)
-            await turn.sink.first_text()
-        turn.text += delta
-        await turn.sink.feed(delta)
 
     # --- controls ----------------------------------------------------------------------------
 

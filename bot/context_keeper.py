@@ -1,42 +1,26 @@
-"""Keeps each conversation inside its model's context: budgets, folds and rolling summaries.
+"""Keeps each conversation inside its model's context: budgets, prompts and their folds.
 
 The decisions are the pure functions of :mod:`bot.context_window`; this module feeds them
 (model context lengths from ``/api/show``, token estimates calibrated by Ollama's
-``prompt_eval_count``, the store's turns and summary) and runs the summarisation calls in the
-background, so that a user's reply never waits for one.
+``prompt_eval_count``, the store's turns and summary). The summaries themselves are written in
+the background by :mod:`bot.summaries`, so that a user's reply never waits for one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .context_window import (
-    Budget,
-    TokenEstimator,
-    make_budget,
-    plan_early_fold,
-    plan_fold,
-    summary_message,
-    summary_request,
-)
+from .context_window import Budget, TokenEstimator, make_budget, plan_fold, summary_message
 from .history_store import ConversationState, HistoryStore, Turn
 from .ollama import OllamaClient, OllamaError
 from .settings import Settings
+from .summaries import Spawn, Summaries
 from .user_messages import TOO_LONG_FOR_CONTEXT
 
 log = logging.getLogger(__name__)
-
-Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
-
-# Room planned for the next user message when deciding to fold early: a tenth of the budget
-# (a long message still fits; an unusually long one makes the fold happen then instead).
-NEXT_MESSAGE_SHARE = 0.1
-# The summarisation call may write this many tokens at most (the instruction asks for 200 words).
-SUMMARY_TOKENS = 400
 
 
 @dataclass
@@ -53,7 +37,7 @@ class Prepared:
 
 
 class ContextKeeper:
-    """Plans prompts within budget and folds old turns into summaries."""
+    """Plans prompts within budget; folds old turns when they no longer fit."""
 
     def __init__(
         self,
@@ -67,9 +51,18 @@ class ContextKeeper:
         self._context_lengths: dict[str, int | None] = {}
         self.estimators: dict[str, TokenEstimator] = {}
         self._last_prompt: dict[str, list[dict[str, str]]] = {}
-        self._summaries: dict[str, asyncio.Task[None]] = {}
-        self._wanted: set[str] = set()
-        self._replies_running = 0
+        self.summaries = Summaries(self, ollama, store, settings)
+
+    # Summaries run in the background; the engine tells them when replies start and end.
+    def reply_started(self) -> None:
+        self.summaries.reply_started()
+
+    def reply_ended(self, conversation: str | None, spawn: Spawn) -> None:
+        self.summaries.reply_ended(conversation, spawn)
+
+    async def settle_summaries(self) -> None:
+        """Wait for background summaries (tests, benchmarks)."""
+        await self.summaries.settle()
 
     def estimator(self, model: str) -> TokenEstimator:
         return self.estimators.setdefault(model, TokenEstimator())
@@ -145,7 +138,7 @@ class ContextKeeper:
             )
             turns = turns[drop:]
             turn_tokens = turn_tokens[drop:]
-            self.want_summary(conversation)
+            self.summaries.want(conversation)
         messages = [*fixed, *(t.as_message() for t in turns), user_turn.as_message()]
         estimate = fixed_tokens + sum(turn_tokens) + new_tokens
         return Prepared(model, messages, options, budget, estimate, len(turns))
@@ -179,113 +172,6 @@ class ContextKeeper:
             else suffix
         )
         estimator.calibrate(sum(len(m["content"]) for m in part), len(part), observed)
-
-    # --- background summaries ------------------------------------------------------------
-
-    def reply_started(self) -> None:
-        """A reply is starting: Ollama should work on it, not on a summary. Summaries in
-        flight are stopped and run again when replies are done."""
-        self._replies_running += 1
-        for conversation, task in list(self._summaries.items()):
-            if not task.done():
-                task.cancel()
-                self._wanted.add(conversation)
-
-    def reply_ended(self, conversation: str | None, spawn: Spawn) -> None:
-        self._replies_running -= 1
-        if conversation is not None:
-            self._wanted.add(conversation)
-        if self._replies_running == 0:
-            for wanted in sorted(self._wanted):
-                if wanted not in self._summaries:
-                    self._summaries[wanted] = spawn(self._summarize(wanted))
-            self._wanted.clear()
-
-    def want_summary(self, conversation: str) -> None:
-        self._wanted.add(conversation)
-
-    async def settle_summaries(self) -> None:
-        """Wait for background summaries (tests, shutdown)."""
-        while self._summaries:
-            await asyncio.gather(*self._summaries.values(), return_exceptions=True)
-
-    async def _summarize(self, conversation: str) -> None:
-        try:
-            await self._summarize_once(conversation)
-        except asyncio.CancelledError:
-            log.info("event=summary conversation=%s outcome=postponed", conversation)
-        except Exception:
-            log.exception("event=summary conversation=%s outcome=crashed", conversation)
-        finally:
-            self._summaries.pop(conversation, None)
-
-    async def _summarize_once(self, conversation: str) -> None:
-        state = await self.store.get_state(conversation)
-        model = state.model or self.settings.ollama_model
-        system_prompt = (
-            state.system_prompt if state.system_prompt is not None else self.settings.system_prompt
-        )
-        budget = await self.budget(model)
-        estimator = self.estimator(model)
-        turns = await self.store.load(conversation, after=state.window_start)
-        fixed_tokens = estimator.count(self.fixed_messages(system_prompt, state.summary))
-        next_message = int(budget.prompt * NEXT_MESSAGE_SHARE)
-        early = plan_early_fold(
-            fixed_tokens,
-            [estimator.count_message(t.as_message()) for t in turns],
-            next_message,
-            budget,
-        )
-        upto = max(state.window_start, turns[early - 1].id if early else 0)
-        if upto <= state.summary_upto:
-            return
-        block = await self.store.load_range(conversation, state.summary_upto, upto)
-        if not block:
-            return
-        summary, outcome = state.summary, "dropped"
-        try:
-            text, _ = await self.ollama.complete(
-                model,
-                summary_request(state.summary, [t.as_message() for t in block]),
-                options={"num_ctx": budget.num_ctx, "num_predict": SUMMARY_TOKENS},
-                keep_alive=self.settings.ollama_keep_alive,
-            )
-            if text.strip():
-                summary, outcome = text.strip(), "summarised"
-            else:
-                log.warning("event=summary conversation=%s cause='empty summary'", conversation)
-        except OllamaError as exc:
-            # The block is dropped without a summary; the user is not told, the log says why.
-            log.warning(
-                "event=summary conversation=%s outcome=failed cause=%r fallback=drop_block",
-                conversation,
-                str(exc),
-            )
-        stale = False
-
-        def apply(current: ConversationState) -> ConversationState:
-            nonlocal stale
-            if current.epoch != state.epoch or current.summary_upto != state.summary_upto:
-                stale = True  # a reset or another fold happened meanwhile
-                return current
-            return replace(
-                current,
-                summary=summary,
-                summary_upto=upto,
-                window_start=max(current.window_start, upto),
-            )
-
-        await self.store.update_state(conversation, apply)
-        if stale:
-            log.info("event=summary conversation=%s outcome=stale", conversation)
-            return
-        log.info(
-            "event=fold conversation=%s mode=%s turns=%d summary_chars=%d",
-            conversation,
-            outcome,
-            len(block),
-            len(summary),
-        )
 
     async def status(
         self, conversation: str, state: ConversationState, system_prompt: str
