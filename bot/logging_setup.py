@@ -71,20 +71,62 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class DropVoiceWarnings(logging.Filter):
+    """Drop discord.py's "PyNaCl/davey is not installed, voice will NOT be supported" warnings.
+
+    The bot never joins voice channels, so the missing voice libraries are expected: the
+    warning only makes people think something is broken.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in record.getMessage()
+
+
+#: The handlers the last configure_logging installed: closed when it is called again.
+_installed: list[logging.Handler] = []
+
+
+def _level(name: str) -> int:
+    return logging.getLevelNamesMapping()[name.upper()]
+
+
 def configure_logging(
-    level: str = "INFO", *, json_format: bool = False, secrets: Iterable[str] = ()
+    level: str = "INFO",
+    *,
+    json_format: bool = False,
+    secrets: Iterable[str] = (),
+    log_file: str = "",
+    terminal_level: str | None = None,
 ) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
+    """Log to stderr at ``level`` (or ``terminal_level`` if that is higher: the console chat
+    keeps the terminal for the conversation) and, with ``log_file``, everything at ``level``
+    to that file as well. Every handler redacts the secrets."""
+    formatter: logging.Formatter = (
         JsonFormatter()
         if json_format
         else logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
         )
     )
-    handler.addFilter(RedactSecrets(secrets))
+    redact = RedactSecrets(secrets)
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(max(_level(level), _level(terminal_level or level)))
+    handlers: list[logging.Handler] = [terminal]
+    if log_file:
+        # Appended to, never truncated: a restart must not erase why the last run ended.
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(redact)
+    for old in _installed:
+        old.close()
+    _installed[:] = handlers
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
     # discord.py is chatty at INFO about gateway internals; keep its warnings and errors.
-    logging.getLogger("discord").setLevel(max(logging.getLevelName(level), logging.INFO))
+    logging.getLogger("discord").setLevel(max(_level(level), logging.INFO))
+    client_log = logging.getLogger("discord.client")
+    for old_filter in [f for f in client_log.filters if isinstance(f, DropVoiceWarnings)]:
+        client_log.removeFilter(old_filter)
+    client_log.addFilter(DropVoiceWarnings())

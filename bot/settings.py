@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +42,7 @@ class Settings:
     message_content_intent: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
+    log_file: str = ""  # empty: no log file
     auto_pull: bool = True
     health_host: str = "0.0.0.0"
     health_port: int = 8080
@@ -106,6 +109,8 @@ class Settings:
             if fmt.lower() not in {"text", "json"}:
                 raise ConfigError(f"LOG_FORMAT must be text or json, not {fmt!r}")
             values["log_format"] = fmt.lower()
+        if (log_file := get("LOG_FILE")) is not None:
+            values["log_file"] = _parse_log_file("LOG_FILE", log_file)
         if (auto_pull := get("AUTO_PULL")) is not None:
             values["auto_pull"] = _parse_bool("AUTO_PULL", auto_pull)
         if (host := get("HEALTH_HOST")) is not None:
@@ -173,6 +178,24 @@ def _parse_store(name: str, value: str) -> str:
             )
         return value
     raise ConfigError(f"{name} must be sqlite:///path/to/file.db or memory://, not {value!r}")
+
+
+def _parse_log_file(name: str, value: str) -> str:
+    """A file the bot can append to. Checked now: a bad path found only when logging starts
+    would be a traceback instead of an error that names the variable."""
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{name} must be a file path, but {value!r} is a directory")
+    directory = path.parent
+    if not directory.is_dir():
+        raise ConfigError(
+            f"{name}: the directory {str(directory)!r} does not exist; create it or pick "
+            f"another path (got {value!r})"
+        )
+    target = path if path.exists() else directory
+    if not os.access(target, os.W_OK):
+        raise ConfigError(f"{name}: {str(target)!r} is not writable by this user (got {value!r})")
+    return value
 
 
 def _parse_float(name: str, value: str, *, minimum: float) -> float:

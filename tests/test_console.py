@@ -13,14 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_console(
-    fake: FakeOllama, stdin: str, tmp_path: Path, store: str = "memory://"
+    fake: FakeOllama, stdin: str, tmp_path: Path, store: str = "memory://", **extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("LOG_", "OLLAMA_"))},
         "OLLAMA_URL": fake.url,
         "OLLAMA_MODEL": "llama3.2",
         "HISTORY_STORE": store,
         "DISCORD_TOKEN": "",
+        **extra,
     }
     return subprocess.run(
         [sys.executable, "-m", "bot", "console"],
@@ -70,3 +71,32 @@ def test_console_shows_a_clear_error_when_ollama_is_down(tmp_path: Path) -> None
     done = run_console(fake_down, "hello\n\n", tmp_path)  # type: ignore[arg-type]
     assert done.returncode == 0
     assert f"can't reach Ollama at {url}" in done.stdout
+    # A problem still reaches the terminal (stderr), as one log line.
+    assert "WARNING bot.conversation event=reply" in done.stderr
+
+
+def test_console_terminal_holds_only_the_conversation(
+    fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    fake_ollama.queue(Reply(tokens=["Hello", " Ada."]), Reply(tokens=["Bye", " now."]))
+
+    done = run_console(fake_ollama, "hi, I am Ada\nbye\n\n", tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "Hello Ada.\n" in done.stdout and "Bye now.\n" in done.stdout
+    # At the default LOG_LEVEL (INFO) no log line interleaves with the chat, on either stream.
+    assert done.stderr == ""
+    assert "event=" not in done.stdout and " INFO " not in done.stdout
+
+
+def test_console_log_file_gets_the_info_lines(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "console.log"
+    log_file.parent.mkdir()
+    fake_ollama.queue(Reply(tokens=["Hello", " Ada."]))
+
+    done = run_console(fake_ollama, "hi\n\n", tmp_path, LOG_FILE=str(log_file))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    logged = log_file.read_text()
+    assert "INFO bot.conversation event=reply conversation=console:default outcome=ok" in logged

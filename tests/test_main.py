@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from bot import Settings, create_bot
+from bot.__main__ import EXIT_TOKEN_REJECTED, FATAL_MESSAGES
+from tests.bot_process import BotProcess
 from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,14 +56,22 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert "OLLAMA_URL" in done.stderr
 
 
+@dataclass
+class RejectingDiscord:
+    api_url: str
+    requests: list[str] = field(default_factory=list)
+
+
 @pytest.fixture
-def discord_rejecting_tokens() -> Iterator[str]:
+def discord_rejecting_tokens() -> Iterator[RejectingDiscord]:
     """A stand-in for Discord's REST API that answers 401 to every token, as Discord does."""
     import asyncio
 
     app = web.Application()
+    rejecting = RejectingDiscord("")
 
     async def unauthorized(request: web.Request) -> web.Response:
+        rejecting.requests.append(request.path)
         return web.Response(
             status=401,
             text='{"message": "401: Unauthorized", "code": 0}',
@@ -75,7 +87,8 @@ def discord_rejecting_tokens() -> Iterator[str]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{port}/api/v10"
+    rejecting.api_url = f"http://127.0.0.1:{port}/api/v10"
+    yield rejecting
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.run_until_complete(runner.cleanup())
@@ -83,19 +96,47 @@ def discord_rejecting_tokens() -> Iterator[str]:
 
 
 def test_invalid_token_is_said_plainly_and_never_logged(
-    tmp_path: Path, discord_rejecting_tokens: str, fake_ollama: FakeOllama
+    tmp_path: Path, discord_rejecting_tokens: RejectingDiscord, fake_ollama: FakeOllama
 ) -> None:
-    done = run_bot(
+    with BotProcess(
         tmp_path,
         DISCORD_TOKEN=TOKEN,
         OLLAMA_URL=fake_ollama.url,
-        OLLACORD_DISCORD_API=discord_rejecting_tokens,
+        OLLACORD_DISCORD_API=discord_rejecting_tokens.api_url,
         LOG_LEVEL="DEBUG",
-    )
-    assert done.returncode == 1
-    assert "Discord rejected DISCORD_TOKEN" in done.stderr
-    assert TOKEN not in done.stderr + done.stdout
-    assert "this-is-a-fake-token-value" not in done.stderr + done.stdout
+    ) as bot:
+        # No terminal attached (as under Docker): it waits before exiting, so a restart policy
+        # cannot send Discord the refused token again and again; a signal ends the wait.
+        assert bot.wait_for_lines("event=fatal exit_code=3"), bot
+        assert bot.signal() == EXIT_TOKEN_REJECTED, bot
+
+    assert bot.err_lines("Discord rejected DISCORD_TOKEN") == [
+        FATAL_MESSAGES[EXIT_TOKEN_REJECTED] + "\n"
+    ]
+    assert "Traceback" not in bot.stderr
+    assert TOKEN not in bot.stderr + bot.stdout
+    assert "this-is-a-fake-token-value" not in bot.stderr + bot.stdout
+    assert discord_rejecting_tokens.requests == ["/api/v10/users/@me"]  # tried once, no retry
+
+
+def test_in_a_terminal_a_rejected_token_exits_at_once(
+    tmp_path: Path, discord_rejecting_tokens: RejectingDiscord, fake_ollama: FakeOllama
+) -> None:
+    primary, terminal = pty.openpty()
+    try:
+        with BotProcess(
+            tmp_path,
+            stdin=terminal,
+            DISCORD_TOKEN=TOKEN,
+            OLLAMA_URL=fake_ollama.url,
+            OLLACORD_DISCORD_API=discord_rejecting_tokens.api_url,
+        ) as bot:
+            assert bot.wait(60) == EXIT_TOKEN_REJECTED, bot  # no signal needed
+    finally:
+        os.close(primary)
+        os.close(terminal)
+    assert "Discord rejected DISCORD_TOKEN" in bot.stderr
+    assert "event=fatal" not in bot.stderr
 
 
 async def test_close_releases_the_ollama_session_and_the_store(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from bot.settings import ConfigError, Settings
@@ -143,3 +146,38 @@ def test_bad_operations_values_name_the_variable_and_value(
     with pytest.raises(ConfigError) as info:
         Settings.from_env({name: value})
     assert name in str(info.value) and shown in str(info.value)
+
+
+def test_log_file_is_off_by_default_and_kept_as_given(tmp_path: Path) -> None:
+    assert Settings.from_env({}).log_file == ""
+    path = str(tmp_path / "ollacord.log")
+    assert Settings.from_env({"LOG_FILE": path}).log_file == path
+    existing = tmp_path / "existing.log"
+    existing.write_text("earlier lines\n")
+    assert Settings.from_env({"LOG_FILE": str(existing)}).log_file == str(existing)
+
+
+def test_log_file_in_a_missing_directory_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LOG_FILE") as info:
+        Settings.from_env({"LOG_FILE": str(tmp_path / "nowhere" / "bot.log")})
+    assert "does not exist" in str(info.value)
+
+
+def test_log_file_that_is_a_directory_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LOG_FILE") as info:
+        Settings.from_env({"LOG_FILE": str(tmp_path)})
+    assert "is a directory" in str(info.value)
+
+
+def test_log_file_in_a_read_only_directory_names_the_variable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user (root) may write anywhere")
+        with pytest.raises(ConfigError, match="LOG_FILE") as info:
+            Settings.from_env({"LOG_FILE": str(locked / "bot.log")})
+        assert "not writable" in str(info.value)
+    finally:
+        locked.chmod(0o700)
