@@ -150,6 +150,29 @@ def queued_status(ahead: int) -> str:
     return f"⏳ Queued: {ahead} ahead of you."
 
 
+# --- start-up --------------------------------------------------------------------------------
+
+MISSING_TOKEN = """\
+DISCORD_TOKEN is not set.
+
+Get one at https://discord.com/developers/applications: create an application, open "Bot",
+press "Reset Token" and copy it. Then put it in .env (copy .env.example to .env):
+
+    DISCORD_TOKEN=your-token-here
+
+See README.md, "Discord application setup". (`python -m bot console` needs no token.)
+"""
+TOKEN_REJECTED = (
+    "Discord rejected DISCORD_TOKEN (401 Unauthorized): reset the token in the developer "
+    "portal (Bot -> Reset Token), put the new one in .env and start the bot again."
+)
+INTENTS_REFUSED = (
+    "Discord refused the Message Content intent: enable it in the developer portal "
+    "(Bot -> Privileged Gateway Intents -> Message Content Intent), or set "
+    "MESSAGE_CONTENT_INTENT=false (mentions and DMs still work without it)."
+)
+
+
 # --- slash commands --------------------------------------------------------------------------
 
 NO_CHANNEL = "⚠️ This command only works in a channel, thread or DM."

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from bot import Settings, create_bot
-from bot.__main__ import EXIT_TOKEN_REJECTED, FATAL_MESSAGES
+from bot.discord.runner import EXIT_TOKEN_REJECTED, FATAL_MESSAGES
 from tests.bot_process import BotProcess
 from tests.fake_ollama import FakeOllama
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.__main__ import EXIT_INTENTS_REFUSED, FATAL_MESSAGES
+from bot.discord.runner import EXIT_INTENTS_REFUSED, FATAL_MESSAGES
 from bot.logging_setup import parse_fields
 from tests.bot_process import BotProcess
 from tests.fake_discord import FakeDiscord
