@@ -10,17 +10,13 @@ import discord
 import pytest
 from simcord import Env
 
-from bot import OllacordBot, Settings
+from bot import Settings
 from bot.access import AccessPolicy, NoticeLimiter, Verdict
 from bot.settings import ConfigError
 from bot.user_messages import DM_NOT_ALLOWED, DMS_OFF, NOT_FOR_YOU, RESET_DONE, RESET_REFUSED
 from tests.conftest import SteppingClock
 from tests.fake_ollama import FakeOllama
-
-
-def bot_of(env: Env) -> OllacordBot:
-    assert isinstance(env.bot, OllacordBot)
-    return env.bot
+from tests.helpers import bot_of, bot_texts, final_text
 
 
 def policy(env: Env, **lists: Any) -> None:
@@ -29,10 +25,6 @@ def policy(env: Env, **lists: Any) -> None:
         bot_of(env).permissions.policy,
         **{k: frozenset(v) if isinstance(v, set) else v for k, v in lists.items()},
     )
-
-
-def bot_texts(env: Env, channel: Any) -> list[str]:
-    return [m.content for m in channel.history() if m.author.id == env.bot.user.id]
 
 
 async def ask(env: Env, member: Any, channel: Any, text: str = "hello") -> None:
@@ -177,11 +169,10 @@ async def test_status_shows_the_lists_to_admins_only(
     )
     admin = world["guild"].add_member(simcord_env.create_user("root"), roles=[admins])
 
-    def text(result: Any) -> str:
-        return str(result.followups[-1].content if result.followups else result.response.content)
-
-    assert str(world["ai_role"].id) in text(await admin.slash(channel, "status"))
-    assert str(world["ai_role"].id) not in text(await world["with_role"].slash(channel, "status"))
+    assert str(world["ai_role"].id) in final_text(await admin.slash(channel, "status"))
+    assert str(world["ai_role"].id) not in final_text(
+        await world["with_role"].slash(channel, "status")
+    )
 
 
 # --- the pure rules and the settings -------------------------------------------------------------

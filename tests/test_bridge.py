@@ -19,13 +19,7 @@ from bot.history_store import Turn
 from bot.user_messages import RESET_DONE, RESET_STOPPED
 from tests.conftest import NO_LIMITS, SteppingClock, settings_for, until
 from tests.fake_ollama import FakeOllama, Reply
-
-
-def setup_channel(env: Env, name: str = "general") -> tuple[Any, Any]:
-    guild = env.guild if env._guilds else env.create_guild()
-    channel = guild.create_text_channel(name)
-    alice = guild.add_member(env.create_user("alice", global_name="Alice"))
-    return channel, alice
+from tests.helpers import bot_messages, setup_channel, stored
 
 
 def edits_of(env: Env, message: discord.Message) -> list[str]:
@@ -36,21 +30,10 @@ def edits_of(env: Env, message: discord.Message) -> list[str]:
     ]
 
 
-def bot_messages(channel: Any, env: Env) -> list[discord.Message]:
-    assert env.bot.user is not None
-    return [m for m in channel.history() if m.author.id == env.bot.user.id]
-
-
 def chat_messages(fake: FakeOllama, index: int = -1) -> list[dict[str, str]]:
     return [
         {"role": m["role"], "content": m["content"]} for m in fake.chat_requests[index]["messages"]
     ]
-
-
-async def stored(env: Env, channel_id: int) -> list[Turn]:
-    bot = env.bot
-    assert isinstance(bot, OllacordBot)
-    return await bot.store.load(f"discord:{channel_id}")
 
 
 # --- streaming -------------------------------------------------------------------------------
@@ -67,7 +50,7 @@ async def test_mention_streams_a_reply_with_several_edits_and_the_right_final_te
 
     question = await alice.send(channel, f"{simcord_env.bot.user.mention} say hello")
 
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content == "Hello there, friend!"
     assert reply.reference is not None and reply.reference.message_id == question.id
     # Every read of the stepping clock moves it 1 s, so each token may edit: the reply grows
@@ -101,7 +84,7 @@ async def test_edits_are_coalesced_when_the_interval_has_not_passed(
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} count")
 
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content == "One two three four"
     assert edits_of(simcord_env, reply) == ["One two three four"]
     create = [
@@ -122,7 +105,7 @@ async def test_edit_interval_is_measured_with_the_injected_clock(
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} go")
 
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     edits = edits_of(simcord_env, reply)
     assert reply.content == "".join(tokens).strip()
     # Two clock reads per update (check + mark), 0.4 s each: fewer edits than tokens, more than one.
@@ -150,7 +133,7 @@ async def test_reply_over_2000_chars_with_a_code_block_is_split_into_valid_messa
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} write the script")
 
-    replies = bot_messages(channel, simcord_env)
+    replies = bot_messages(simcord_env, channel)
     assert len(replies) >= 3
     for message in replies:
         assert 0 < len(message.content) <= 2000
@@ -163,7 +146,7 @@ async def test_reply_over_2000_chars_with_a_code_block_is_split_into_valid_messa
     assert joined == re.sub(r"\s", "", answer.replace("```python", "").replace("```", ""))
     # The first message is the Discord reply; the rest follow in the channel.
     assert replies[0].reference is not None
-    history = await stored(simcord_env, channel.id)
+    history = await stored(simcord_env, channel)
     assert history[-1] == Turn("assistant", answer.rstrip())
 
 
@@ -212,8 +195,8 @@ async def test_a_dm_and_a_thread_keep_their_own_history(
     dm_two = chat_messages(fake_ollama, 4)
     # No speaker prefix in a DM: there is only one person.
     assert [m["content"] for m in dm_two] == ["dm one", "You said: dm one", "dm two"]
-    assert bot_messages(thread, simcord_env)[-1].content == "You said: Alice: thread two"
-    dm_replies = bot_messages(alice.user.dm_channel, simcord_env)
+    assert bot_messages(simcord_env, thread)[-1].content == "You said: Alice: thread two"
+    dm_replies = bot_messages(simcord_env, alice.user.dm_channel)
     assert [m.content for m in dm_replies] == ["You said: dm one", "You said: dm two"]
 
 
@@ -235,13 +218,13 @@ async def test_reset_empties_the_history_and_confirms_ephemerally(
     channel, alice = setup_channel(simcord_env)
     mention = simcord_env.bot.user.mention
     await alice.send(channel, f"{mention} remember 42")
-    assert len(await stored(simcord_env, channel.id)) == 2
+    assert len(await stored(simcord_env, channel)) == 2
 
     result = await alice.slash(channel, "reset")
 
     assert result.ephemeral
     assert result.response.content == RESET_DONE
-    assert await stored(simcord_env, channel.id) == []
+    assert await stored(simcord_env, channel) == []
     await alice.send(channel, f"{mention} what number?")
     assert chat_messages(fake_ollama) == [{"role": "user", "content": "Alice: what number?"}]
 
@@ -254,18 +237,18 @@ async def test_reset_in_one_channel_leaves_others_alone(
     await alice.send(general, f"{simcord_env.bot.user.mention} a")
     await alice.send(other, f"{simcord_env.bot.user.mention} b")
     await alice.slash(general, "reset")
-    assert await stored(simcord_env, general.id) == []
-    assert len(await stored(simcord_env, other.id)) == 2
+    assert await stored(simcord_env, general) == []
+    assert len(await stored(simcord_env, other)) == 2
 
 
 async def test_reset_in_a_dm(simcord_env: Env, fake_ollama: FakeOllama) -> None:
     _, alice = setup_channel(simcord_env)
     await alice.send_dm("hello")
     dm = alice.user.dm_channel
-    assert len(await stored(simcord_env, dm.id)) == 2
+    assert len(await stored(simcord_env, dm)) == 2
     result = await alice.user.slash("reset")
     assert result.ephemeral
-    assert await stored(simcord_env, dm.id) == []
+    assert await stored(simcord_env, dm) == []
 
 
 async def test_reset_stops_a_reply_that_is_still_streaming(
@@ -277,17 +260,17 @@ async def test_reset_stops_a_reply_that_is_still_streaming(
         channel.id, alice.id, f"{simcord_env.bot.user.mention} talk for a long time"
     )
     # Wait until the reply shows its first words, then reset mid-stream.
-    assert await until(lambda: bool(bot_messages(channel, simcord_env)))
+    assert await until(lambda: bool(bot_messages(simcord_env, channel)))
 
     result = await alice.slash(channel, "reset")
     await simcord_env.settle()
 
     assert result.response.content == RESET_DONE
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content.startswith("word0")
     assert reply.content.endswith(RESET_STOPPED)
     assert "word399" not in reply.content
-    assert await stored(simcord_env, channel.id) == []
+    assert await stored(simcord_env, channel) == []
     assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.cancelled == 1)
 
 
@@ -348,7 +331,7 @@ async def test_messages_in_one_channel_are_answered_one_at_a_time_in_order(
 
     # Each question got its own answer (the waiting ones first showed their place in the queue
     # in that same message).
-    answers = {m.reference.message_id: m.content for m in bot_messages(channel, simcord_env)}
+    answers = {m.reference.message_id: m.content for m in bot_messages(simcord_env, channel)}
     assert [answers[i] for i in asked] == ["first answer", "second answer", "third answer"]
     # Each request saw every earlier exchange: they ran one after another.
     assert [len(r["messages"]) for r in fake_ollama.chat_requests] == [1, 3, 5]
@@ -371,8 +354,8 @@ async def test_different_channels_stream_in_parallel(
     # Both requests are generating at the same moment: one channel does not wait for another.
     assert await fake_ollama.wait_for_async(lambda f: f.active == 2)
     await simcord_env.settle()
-    assert bot_messages(general, simcord_env)[0].content == "".join(slow).strip()
-    assert bot_messages(other, simcord_env)[0].content == "".join(slow).strip()
+    assert bot_messages(simcord_env, general)[0].content == "".join(slow).strip()
+    assert bot_messages(simcord_env, other)[0].content == "".join(slow).strip()
 
 
 # --- input handling --------------------------------------------------------------------------
@@ -390,7 +373,7 @@ async def test_model_output_with_everyone_is_posted_without_pinging(
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} ping everyone")
 
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert "@everyone" in reply.content and "@here" in reply.content
     assert bob.mention in reply.content and role.mention in reply.content
     # The bot has the Mention Everyone permission here, so only allowed_mentions stops the pings.
@@ -410,7 +393,7 @@ async def test_messages_from_bots_are_ignored(simcord_env: Env, fake_ollama: Fak
     robot = simcord_env.guild.add_member(simcord_env.create_user("robot", bot=True))
     await robot.send(channel, f"{simcord_env.bot.user.mention} hello bot")
     assert fake_ollama.chat_requests == []
-    assert bot_messages(channel, simcord_env) == []
+    assert bot_messages(simcord_env, channel) == []
 
 
 async def test_messages_not_for_the_bot_are_ignored(
@@ -426,7 +409,7 @@ async def test_a_bare_mention_gets_a_hint_instead_of_an_empty_prompt(
 ) -> None:
     channel, alice = setup_channel(simcord_env)
     await alice.send(channel, f"  {simcord_env.bot.user.mention}  ")
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert "Mention me with a question" in reply.content
     assert fake_ollama.chat_requests == []
 
@@ -436,7 +419,7 @@ async def test_replying_to_the_bot_continues_the_conversation(
 ) -> None:
     channel, alice = setup_channel(simcord_env)
     await alice.send(channel, f"{simcord_env.bot.user.mention} first")
-    [answer] = bot_messages(channel, simcord_env)
+    [answer] = bot_messages(simcord_env, channel)
     await alice.send(channel, "and a follow-up", reply_to=answer)
     assert [m["content"] for m in chat_messages(fake_ollama)][-1] == "Alice: and a follow-up"
 
@@ -457,7 +440,7 @@ async def test_attachments_do_not_crash_anything(simcord_env: Env, fake_ollama: 
         f"{simcord_env.bot.user.mention} what do you think of this file?",
         attachments=[("notes.txt", b"some notes")],
     )
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content == "You said: Alice: what do you think of this file?"
 
 
@@ -467,10 +450,10 @@ async def test_a_message_longer_than_the_limit_is_clearly_refused(
 ) -> None:
     channel, alice = setup_channel(simcord_env)
     await alice.send(channel, f"{simcord_env.bot.user.mention} " + "blah " * 60)
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert "too long" in reply.content
     assert fake_ollama.chat_requests == []
-    assert await stored(simcord_env, channel.id) == []
+    assert await stored(simcord_env, channel) == []
 
 
 async def test_a_2000_char_user_message_is_answered(
@@ -481,7 +464,7 @@ async def test_a_2000_char_user_message_is_answered(
     text = "x" * (2000 - len(mention) - 1)
     fake_ollama.queue(Reply(tokens=["ok"]))
     await alice.send(channel, f"{mention} {text}")
-    assert bot_messages(channel, simcord_env)[0].content == "ok"
+    assert bot_messages(simcord_env, channel)[0].content == "ok"
 
 
 @pytest.mark.fake_ollama(thinking_models=("llama3.2",))
@@ -495,10 +478,10 @@ async def test_reasoning_is_never_shown(simcord_env: Env, fake_ollama: FakeOllam
     await alice.send(channel, f"{simcord_env.bot.user.mention} what is 2+2?")
 
     assert "think" not in fake_ollama.chat_requests[0]
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content == "It is 4."
     assert all("think" not in text for text in edits_of(simcord_env, reply))
-    assert (await stored(simcord_env, channel.id))[-1] == Turn("assistant", "It is 4.")
+    assert (await stored(simcord_env, channel))[-1] == Turn("assistant", "It is 4.")
 
 
 async def test_think_tags_left_in_the_content_by_older_servers_are_hidden(
@@ -511,9 +494,9 @@ async def test_think_tags_left_in_the_content_by_older_servers_are_hidden(
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} what is 2+2?")
 
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content == "It is 4."
-    assert (await stored(simcord_env, channel.id))[-1] == Turn("assistant", "It is 4.")
+    assert (await stored(simcord_env, channel))[-1] == Turn("assistant", "It is 4.")
 
 
 # --- Discord failures ------------------------------------------------------------------------
@@ -529,6 +512,6 @@ async def test_a_failing_edit_does_not_end_the_reply(
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} letters")
 
-    [reply] = bot_messages(channel, simcord_env)
+    [reply] = bot_messages(simcord_env, channel)
     assert reply.content == "abcd"
-    assert len(await stored(simcord_env, channel.id)) == 2
+    assert len(await stored(simcord_env, channel)) == 2

@@ -22,6 +22,7 @@ from bot.user_messages import (
 )
 from tests.conftest import NO_LIMITS, SteppingClock, settings_for, until
 from tests.fake_ollama import FakeOllama, Reply
+from tests.helpers import bot_of, setup_channel
 
 LONG = [f" w{i}" for i in range(400)]
 # SimCord waits for every running reply before an actor call returns: a stream a test does not
@@ -37,15 +38,10 @@ def labels(message: discord.Message) -> list[str]:
     ]
 
 
-def bot_of(env: Env) -> OllacordBot:
-    assert isinstance(env.bot, OllacordBot)
-    return env.bot
-
-
 def setup(env: Env) -> tuple[Any, Any, Any, Any]:
-    guild = env.create_guild()
-    channel = guild.create_text_channel("general")
-    alice = guild.add_member(env.create_user("alice", global_name="Alice"))
+    """#general with alice, bob, and mod (who may manage messages)."""
+    channel, alice = setup_channel(env)
+    guild = env.guild
     bob = guild.add_member(env.create_user("bob", global_name="Bob"))
     mods = guild.create_role("Mods", permissions=discord.Permissions(manage_messages=True))
     mod = guild.add_member(env.create_user("mod"), roles=[mods])

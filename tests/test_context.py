@@ -14,6 +14,7 @@ from bot.context_window import SUMMARY_INSTRUCTION
 from bot.user_messages import NOT_CONFIGURATOR
 from tests.conftest import NO_LIMITS, SteppingClock, settings_for
 from tests.fake_ollama import FakeOllama, Reply
+from tests.helpers import bot_of, final_text, setup_channel
 
 # num_ctx 1024, of which 256 are kept for the reply: prompts of at most 768 tokens.
 SMALL = {"CONTEXT_TOKENS": "1024"}
@@ -48,32 +49,10 @@ def streamed(fake: FakeOllama) -> list[dict[str, Any]]:
     return [r for r in fake.chat_requests if r.get("stream") is not False]
 
 
-def final_text(result: Any) -> str:
-    """What the user finally sees of a command (after a defer, the follow-up fills it)."""
-    return str(result.followups[-1].content if result.followups else result.response.content)
-
-
-def bot_of(env: Env) -> OllacordBot:
-    assert isinstance(env.bot, OllacordBot)
-    return env.bot
-
-
-def setup(env: Env, *, manage_channels: bool = False) -> tuple[Any, Any]:
-    guild = env.create_guild()
-    channel = guild.create_text_channel("general")
-    roles = []
-    if manage_channels:
-        roles.append(
-            guild.create_role("Mods", permissions=discord.Permissions(manage_channels=True))
-        )
-    alice = guild.add_member(env.create_user("alice", global_name="Alice"), roles=roles)
-    return channel, alice
-
-
 async def test_num_ctx_is_the_models_context_capped_and_sent_explicitly(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
     await alice.send(channel, f"{simcord_env.bot.user.mention} hi")
     assert [r.path for r in fake_ollama.requests].count("/api/show") == 1
     # /api/show says 131072; CONTEXT_TOKENS (default 8192) caps it.
@@ -84,7 +63,7 @@ async def test_num_ctx_is_the_models_context_capped_and_sent_explicitly(
 async def test_a_model_with_a_small_context_gets_its_own_length(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
     await alice.send(channel, f"{simcord_env.bot.user.mention} hi")
     assert fake_ollama.chat_requests[-1]["options"]["num_ctx"] == 2048
 
@@ -93,7 +72,7 @@ async def test_a_model_with_a_small_context_gets_its_own_length(
 async def test_the_prompt_prefix_is_unchanged_between_turns_that_need_no_fold(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
     mention = simcord_env.bot.user.mention
     await alice.send(channel, f"{mention} first")
     await alice.send(channel, f"{mention} second")
@@ -109,7 +88,7 @@ async def test_a_fold_summarises_old_turns_keeps_the_newest_and_never_exceeds_th
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
     summaries = summariser(fake_ollama)
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
     mention = simcord_env.bot.user.mention
     for i in range(12):
         await alice.send(channel, f"{mention} {long_message(i)}")
@@ -137,7 +116,7 @@ async def test_when_the_summary_fails_the_block_is_dropped_silently(
     simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
     summariser(fake_ollama, failing=True)
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
     mention = simcord_env.bot.user.mention
     for i in range(12):
         await alice.send(channel, f"{mention} {long_message(i)}")
@@ -161,7 +140,9 @@ async def test_summaries_and_settings_survive_a_restart(
     await simcord_env.restart_bot(
         OllacordBot(settings_for(fake_ollama, env), clock=clock, discord_limits=NO_LIMITS)
     )
-    channel, alice = setup(simcord_env, manage_channels=True)
+    channel, alice = setup_channel(
+        simcord_env, permissions=discord.Permissions(manage_channels=True)
+    )
     mention = simcord_env.bot.user.mention
     await alice.slash(channel, "model", name="qwen3")
     await alice.slash(channel, "system set", prompt="Answer like a pirate.")
@@ -192,7 +173,7 @@ async def test_model_autocomplete_offers_at_most_25_filtered_by_what_is_typed(
     for i in range(30):
         fake_ollama.add_model(f"qwen3:{i}b")
     fake_ollama.add_model("mistral")
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
 
     everything = await alice.autocomplete(channel, "model", "name", "")
     qwen = await alice.autocomplete(channel, "model", "name", "QWEN3:1")
@@ -278,7 +259,7 @@ async def test_status_shows_model_turns_summary_and_tokens(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
     summariser(fake_ollama)
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env)
     mention = simcord_env.bot.user.mention
     before = await alice.slash(channel, "status")
     text = final_text(before)

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from simcord import Env
 
-from bot import OllacordBot
 from tests.fake_ollama import FakeOllama, Reply
+from tests.helpers import bot_texts, setup_channel, stored
 
 TOKENS = [f" t{i}" for i in range(30)]
-
-
-def setup(env: Env) -> tuple[Any, Any]:
-    guild = env.create_guild()
-    channel = guild.create_text_channel("general")
-    alice = guild.add_member(env.create_user("alice"))
-    return channel, alice
-
-
-async def stored(env: Env, channel: Any) -> list[str]:
-    assert isinstance(env.bot, OllacordBot)
-    return [t.content for t in await env.bot.store.load(f"discord:{channel.id}")]
-
-
-def bot_texts(env: Env, channel: Any) -> list[str]:
-    return [m.content for m in channel.history() if m.author.id == env.bot.user.id]
 
 
 @pytest.mark.bot_clock(step=1.0)
@@ -42,7 +24,7 @@ async def test_a_failing_edit_is_logged_and_the_reply_goes_on(
     status: int,
     code: int,
 ) -> None:
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env, global_name=None)
     fake_ollama.queue(Reply(tokens=TOKENS, token_delay=0.01))
     simcord_env.inject_error("PATCH", "/channels/*/messages/*", status=status, code=code, times=1)
 
@@ -61,7 +43,7 @@ async def test_a_failing_edit_is_logged_and_the_reply_goes_on(
 async def test_a_reply_deleted_mid_stream_continues_in_a_new_message(
     simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env, global_name=None)
     fake_ollama.queue(Reply(tokens=TOKENS, token_delay=0.01))
     simcord_env.inject_error(
         "PATCH",
@@ -80,7 +62,7 @@ async def test_a_reply_deleted_mid_stream_continues_in_a_new_message(
 async def test_when_the_first_send_fails_the_history_is_still_kept(
     simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
-    channel, alice = setup(simcord_env)
+    channel, alice = setup_channel(simcord_env, global_name=None)
     simcord_env.inject_error("POST", "/channels/*/messages", status=403, code=50013, times=None)
     await alice.send(channel, f"{simcord_env.bot.user.mention} go")
     assert len(await stored(simcord_env, channel)) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,15 +22,10 @@ import pytest
 from bot.user_messages import RESTART_NOTE
 from tests.fake_discord import FakeDiscord
 from tests.fake_ollama import FakeOllama, Reply
+from tests.helpers import free_port
 from tests.test_container import healthcheck_command
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:

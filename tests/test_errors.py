@@ -12,29 +12,13 @@ from simcord import Env
 
 from bot import OllacordBot
 from tests.fake_ollama import FakeOllama, Reply
-
-
-def setup_channel(env: Env) -> tuple[Any, Any]:
-    guild = env.create_guild()
-    channel = guild.create_text_channel("general")
-    alice = guild.add_member(env.create_user("alice", global_name="Alice"))
-    return channel, alice
-
-
-def bot_messages(channel: Any, env: Env) -> list[discord.Message]:
-    assert env.bot.user is not None
-    return [m for m in channel.history() if m.author.id == env.bot.user.id]
+from tests.helpers import bot_messages, setup_channel, stored
 
 
 async def ask(env: Env, text: str = "hello") -> tuple[Any, list[discord.Message]]:
     channel, alice = setup_channel(env)
     await alice.send(channel, f"{env.bot.user.mention} {text}")
-    return channel, bot_messages(channel, env)
-
-
-async def history(env: Env, channel: Any) -> list[Any]:
-    assert isinstance(env.bot, OllacordBot)
-    return await env.bot.store.load(f"discord:{channel.id}")
+    return channel, bot_messages(env, channel)
 
 
 def reply_log(caplog: pytest.LogCaptureFixture) -> str:
@@ -50,7 +34,7 @@ async def test_model_not_pulled_says_which_model_and_how_to_pull_it(
     channel, [reply] = await ask(simcord_env)
     assert "`llama3.2` is not available" in reply.content
     assert "ollama pull llama3.2" in reply.content
-    assert await history(simcord_env, channel) == []
+    assert await stored(simcord_env, channel) == []
     line = reply_log(caplog)
     assert "outcome=error" in line and "ModelNotFound" in line and "not found" in line
 
@@ -71,7 +55,7 @@ async def test_ollama_unreachable_names_the_url(
     channel, [reply] = await ask(simcord_env)
     assert "can't reach Ollama at http://127.0.0.1:9" in reply.content
     assert "connection refused" in reply.content
-    assert await history(simcord_env, channel) == []
+    assert await stored(simcord_env, channel) == []
     assert "OllamaUnavailable" in reply_log(caplog)
 
 
@@ -106,7 +90,7 @@ async def test_failure_before_any_text_is_one_clear_message(
     channel, [message] = await ask(simcord_env)
     assert expected in message.content
     assert message.content.startswith("⚠️")
-    assert await history(simcord_env, channel) == []
+    assert await stored(simcord_env, channel) == []
     assert "outcome=error" in reply_log(caplog)
 
 
@@ -134,7 +118,7 @@ async def test_busy_ollama_after_retries_says_so(simcord_env: Env, fake_ollama: 
     fake_ollama.queue(busy, busy)
     channel, [reply] = await ask(simcord_env)
     assert "Ollama is busy" in reply.content
-    assert await history(simcord_env, channel) == []
+    assert await stored(simcord_env, channel) == []
 
 
 @pytest.mark.parametrize(
@@ -167,7 +151,7 @@ async def test_reply_cut_off_mid_stream_keeps_the_text_and_says_so(
     channel, [message] = await ask(simcord_env)
     assert message.content.startswith("Partial answer")
     assert f"(reply cut off: {reason}" in message.content
-    assert await history(simcord_env, channel) == []
+    assert await stored(simcord_env, channel) == []
     assert "outcome=cut_off" in reply_log(caplog)
 
 
@@ -177,7 +161,7 @@ async def test_an_empty_reply_is_reported_and_not_stored(
     fake_ollama.queue(Reply(tokens=["  ", "\n"]))
     channel, [message] = await ask(simcord_env)
     assert "empty reply" in message.content
-    assert await history(simcord_env, channel) == []
+    assert await stored(simcord_env, channel) == []
 
 
 async def test_after_an_error_the_next_message_works_and_history_is_consistent(
@@ -192,7 +176,7 @@ async def test_after_an_error_the_next_message_works_and_history_is_consistent(
     assert [m["content"] for m in fake_ollama.chat_requests[-1]["messages"]] == [
         "Alice: second try"
     ]
-    assert len(await history(simcord_env, channel)) == 2
+    assert len(await stored(simcord_env, channel)) == 2
 
 
 def test_log_lines_never_contain_the_token(caplog: pytest.LogCaptureFixture) -> None:

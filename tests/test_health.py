@@ -14,12 +14,7 @@ from bot import OllacordBot
 from bot.logging_setup import JsonFormatter
 from tests.conftest import settings_for
 from tests.fake_ollama import FakeOllama, Reply
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 async def test_healthz_is_503_until_the_gateway_connects_and_metrics_are_served(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from contextlib import aclosing
 
 import pytest
@@ -20,6 +19,7 @@ from bot.ollama import (
     model_matches,
 )
 from tests.fake_ollama import FakeOllama, Reply
+from tests.helpers import free_port
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -94,9 +94,7 @@ async def test_model_not_found_in_either_wording(legacy: bool) -> None:
 
 
 async def test_refused_connection_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     client = OllamaClient(f"http://127.0.0.1:{port}")
     with pytest.raises(OllamaUnavailable, match="connection refused"):
         await collect(client)

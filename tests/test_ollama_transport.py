@@ -9,7 +9,6 @@ failed in the error's text. Servers are real: the fake Ollama, or a tiny asyncio
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +28,7 @@ from bot.ollama import (
 )
 from bot.ollama_transport import OllamaTransport
 from tests.fake_ollama import FakeOllama
+from tests.helpers import free_port
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -119,9 +119,7 @@ def http_200(content_type: str, body: bytes) -> bytes:
 
 @EVERY_OPERATION
 async def test_connection_refused_is_unavailable_everywhere(operation: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     error = await fail(f"http://127.0.0.1:{port}", operation)
     assert type(error) is OllamaUnavailable
     assert error.reason == "connection refused"

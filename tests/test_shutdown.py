@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from simcord import Env
 
-from bot import OllacordBot
 from bot.user_messages import RESTART_NOTE, RESTARTING
 from tests.conftest import until
 from tests.fake_ollama import FakeOllama, Reply
-
-
-def bot_of(env: Env) -> OllacordBot:
-    assert isinstance(env.bot, OllacordBot)
-    return env.bot
+from tests.helpers import bot_of
 
 
 async def test_shutdown_interrupts_long_replies_and_queued_ones_with_a_note(
