@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -65,81 +65,11 @@ class Settings:
         the console mode does not need it.
         """
 
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            if value is None or not value.strip():
-                return None
-            return value.strip()
-
         values: dict[str, Any] = {}
-        if (token := get("DISCORD_TOKEN")) is not None:
-            values["discord_token"] = token
-        if (url := get("OLLAMA_URL")) is not None:
-            values["ollama_url"] = _parse_url("OLLAMA_URL", url)
-        if (model := get("OLLAMA_MODEL")) is not None:
-            values["ollama_model"] = model
-        if (prompt := env.get("SYSTEM_PROMPT")) is not None and prompt.strip():
-            # Keep the prompt as written; `.env` cannot hold real newlines, so "\n" is one.
-            values["system_prompt"] = prompt.strip().replace("\\n", "\n")
-        if (store := get("HISTORY_STORE")) is not None:
-            values["history_store"] = _parse_store("HISTORY_STORE", store)
-        if (interval := get("EDIT_INTERVAL")) is not None:
-            values["edit_interval"] = _parse_float("EDIT_INTERVAL", interval, minimum=0.0)
-        if (keep_alive := get("OLLAMA_KEEP_ALIVE")) is not None:
-            values["ollama_keep_alive"] = _parse_keep_alive("OLLAMA_KEEP_ALIVE", keep_alive)
-        if (options := get("OLLAMA_OPTIONS")) is not None:
-            values["ollama_options"] = _parse_options("OLLAMA_OPTIONS", options)
-        if (think := get("OLLAMA_THINK")) is not None:
-            values["ollama_think"] = _parse_bool("OLLAMA_THINK", think)
-        if (slots := get("MAX_CONCURRENT")) is not None:
-            values["max_concurrent"] = _parse_int("MAX_CONCURRENT", slots, minimum=1)
-        if (limit := get("QUEUE_LIMIT")) is not None:
-            values["queue_limit"] = _parse_int("QUEUE_LIMIT", limit, minimum=1)
-        if (limit := get("CONTEXT_TOKENS")) is not None:
-            values["context_tokens"] = _parse_int("CONTEXT_TOKENS", limit, minimum=512)
-        if (limit := get("MAX_INPUT_CHARS")) is not None:
-            values["max_input_chars"] = _parse_int("MAX_INPUT_CHARS", limit, minimum=1)
-        if (timeout := get("OLLAMA_CONNECT_TIMEOUT")) is not None:
-            values["connect_timeout"] = _parse_float("OLLAMA_CONNECT_TIMEOUT", timeout, minimum=0.1)
-        if (timeout := get("OLLAMA_READ_TIMEOUT")) is not None:
-            values["read_timeout"] = _parse_float("OLLAMA_READ_TIMEOUT", timeout, minimum=1.0)
-        if (intent := get("MESSAGE_CONTENT_INTENT")) is not None:
-            values["message_content_intent"] = _parse_bool("MESSAGE_CONTENT_INTENT", intent)
-        if (fmt := get("LOG_FORMAT")) is not None:
-            if fmt.lower() not in {"text", "json"}:
-                raise ConfigError(f"LOG_FORMAT must be text or json, not {fmt!r}")
-            values["log_format"] = fmt.lower()
-        if (log_file := get("LOG_FILE")) is not None:
-            values["log_file"] = _parse_log_file("LOG_FILE", log_file)
-        if (auto_pull := get("AUTO_PULL")) is not None:
-            values["auto_pull"] = _parse_bool("AUTO_PULL", auto_pull)
-        if (host := get("HEALTH_HOST")) is not None:
-            values["health_host"] = host
-        if (port := get("HEALTH_PORT")) is not None:
-            values["health_port"] = _parse_int("HEALTH_PORT", port, minimum=0)
-            if values["health_port"] > 65535:
-                raise ConfigError(f"HEALTH_PORT must be a port number (0 disables), not {port!r}")
-        if (grace := get("SHUTDOWN_GRACE")) is not None:
-            values["shutdown_grace"] = _parse_float("SHUTDOWN_GRACE", grace, minimum=0.0)
-        for name in (
-            "ADMIN_USER_IDS",
-            "ALLOWED_CHANNEL_IDS",
-            "ALLOWED_ROLE_IDS",
-            "ALLOWED_USER_IDS",
-            "BLOCKED_USER_IDS",
-            "BLOCKED_ROLE_IDS",
-        ):
-            if (ids := get(name)) is not None:
-                values[name.lower()] = parse_id_list(name, ids)
-        if (dms := get("ALLOW_DMS")) is not None:
-            values["allow_dms"] = _parse_bool("ALLOW_DMS", dms)
-        if (reset := get("RESET_REQUIRES_ADMIN")) is not None:
-            values["reset_requires_admin"] = _parse_bool("RESET_REQUIRES_ADMIN", reset)
-        if (level := get("LOG_LEVEL")) is not None:
-            level = level.upper()
-            if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-                raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-            values["log_level"] = level
+        for name, (field_name, parse) in _PARSERS.items():
+            raw = env.get(name)
+            if raw is not None and raw.strip():
+                values[field_name] = parse(name, raw.strip())
         return cls(**values)
 
     def describe(self) -> str:
@@ -281,3 +211,84 @@ def _parse_options(name: str, value: str) -> Mapping[str, Any]:
             f'{name} must be a JSON object such as {{"temperature": 0.7}}, not {value!r}'
         )
     return options
+
+
+Parser = Callable[[str, str], Any]
+"""Turns a variable's (stripped, non-empty) value into the setting, or raises ConfigError
+naming the variable."""
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _prompt(name: str, value: str) -> str:
+    # `.env` cannot hold real newlines, so "\n" written there is one.
+    return value.replace("\\n", "\n")
+
+
+def _number(minimum: float) -> Parser:
+    return lambda name, value: _parse_float(name, value, minimum=minimum)
+
+
+def _whole(minimum: int) -> Parser:
+    return lambda name, value: _parse_int(name, value, minimum=minimum)
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(name: str, value: str) -> str:
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        listed = f"{', '.join(choices[:-1])} or {choices[-1]}"
+        raise ConfigError(f"{name} must be {listed}, not {value!r}")
+
+    return parse
+
+
+def _port(name: str, value: str) -> int:
+    port = _parse_int(name, value, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a port number (0 disables), not {value!r}")
+    return port
+
+
+# Every variable, the Settings field it fills, and how its value is read.
+_PARSERS: dict[str, tuple[str, Parser]] = {
+    "DISCORD_TOKEN": ("discord_token", _text),
+    "OLLAMA_URL": ("ollama_url", _parse_url),
+    "OLLAMA_MODEL": ("ollama_model", _text),
+    "SYSTEM_PROMPT": ("system_prompt", _prompt),
+    "HISTORY_STORE": ("history_store", _parse_store),
+    "EDIT_INTERVAL": ("edit_interval", _number(0.0)),
+    "OLLAMA_KEEP_ALIVE": ("ollama_keep_alive", _parse_keep_alive),
+    "OLLAMA_OPTIONS": ("ollama_options", _parse_options),
+    "OLLAMA_THINK": ("ollama_think", _parse_bool),
+    "MAX_CONCURRENT": ("max_concurrent", _whole(1)),
+    "QUEUE_LIMIT": ("queue_limit", _whole(1)),
+    "CONTEXT_TOKENS": ("context_tokens", _whole(512)),
+    "MAX_INPUT_CHARS": ("max_input_chars", _whole(1)),
+    "OLLAMA_CONNECT_TIMEOUT": ("connect_timeout", _number(0.1)),
+    "OLLAMA_READ_TIMEOUT": ("read_timeout", _number(1.0)),
+    "MESSAGE_CONTENT_INTENT": ("message_content_intent", _parse_bool),
+    "LOG_FORMAT": ("log_format", _choice("text", "json")),
+    "LOG_FILE": ("log_file", _parse_log_file),
+    "AUTO_PULL": ("auto_pull", _parse_bool),
+    "HEALTH_HOST": ("health_host", _text),
+    "HEALTH_PORT": ("health_port", _port),
+    "SHUTDOWN_GRACE": ("shutdown_grace", _number(0.0)),
+    **{
+        name: (name.lower(), parse_id_list)
+        for name in (
+            "ADMIN_USER_IDS",
+            "ALLOWED_CHANNEL_IDS",
+            "ALLOWED_ROLE_IDS",
+            "ALLOWED_USER_IDS",
+            "BLOCKED_USER_IDS",
+            "BLOCKED_ROLE_IDS",
+        )
+    },
+    "ALLOW_DMS": ("allow_dms", _parse_bool),
+    "RESET_REQUIRES_ADMIN": ("reset_requires_admin", _parse_bool),
+    "LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+}

@@ -72,7 +72,7 @@ def test_console_shows_a_clear_error_when_ollama_is_down(tmp_path: Path) -> None
     assert done.returncode == 0
     assert f"can't reach Ollama at {url}" in done.stdout
     # A problem still reaches the terminal (stderr), as one log line.
-    assert "WARNING bot.conversation event=reply" in done.stderr
+    assert "WARNING bot.turn_end event=reply" in done.stderr
 
 
 def test_console_terminal_holds_only_the_conversation(
@@ -99,4 +99,4 @@ def test_console_log_file_gets_the_info_lines(fake_ollama: FakeOllama, tmp_path:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     logged = log_file.read_text()
-    assert "INFO bot.conversation event=reply conversation=console:default outcome=ok" in logged
+    assert "INFO bot.turn_end event=reply conversation=console:default outcome=ok" in logged
