@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bot.context_window import SUMMARY_INSTRUCTION
 from bot.user_messages import RESTART_NOTE
 from tests.fake_discord import FakeDiscord
 from tests.fake_ollama import FakeOllama, Reply
@@ -180,6 +181,33 @@ def test_sigterm_during_a_long_reply_ends_it_with_a_note_and_exits_0(world: Worl
     assert [role for role, _ in world.stored_turns()] == ["user", "assistant"]
     assert "fake-token" not in out
     assert "event=shutdown" in out
+
+
+def test_sigterm_while_a_summary_is_being_written_exits_cleanly(world: World) -> None:
+    summary_asked: list[int] = []
+
+    def respond(messages: list[dict[str, Any]]) -> str | Reply | None:
+        if messages and messages[0].get("content") == SUMMARY_INSTRUCTION:
+            summary_asked.append(1)
+            return Reply(hang=True)  # still writing when the bot is told to stop
+        return None
+
+    world.ollama.responder = respond
+    proc = world.start_bot(CONTEXT_TOKENS="1024")
+    for i in range(12):
+        if summary_asked:
+            break
+        world.mention(f"topic {i}: " + " ".join(f"detail{i}x{j}" for j in range(40)))
+        assert eventually(lambda i=i: len(world.stored_turns()) == 2 * (i + 1), 20)
+    assert eventually(lambda: bool(summary_asked), 20), world.output(proc)
+
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=15)
+    out = world.output(proc)
+
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    assert "cannot schedule new futures" not in out
 
 
 def test_kill_9_mid_reply_then_restart_keeps_completed_turns_and_answers(world: World) -> None:
