@@ -99,8 +99,8 @@ class NullSink(QuietEvents):
     async def feed(self, delta: str) -> None:
         return None
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
-        return None
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+        return True
 
 
 @dataclass

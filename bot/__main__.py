@@ -14,13 +14,12 @@ import sys
 
 from dotenv import find_dotenv, load_dotenv
 
+from .exit_codes import EXIT_CONFIG
 from .logging_setup import configure_logging
 from .settings import ConfigError, Settings
 from .user_messages import MISSING_TOKEN
 
 log = logging.getLogger("bot")
-
-EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ class AnswerStream:
                     await self._show(turn, think_filter.feed(chunk.content))
                 if chunk.done:
                     turn.stats = chunk.metrics
+                    turn.done_reason = chunk.done_reason
             await self._show(turn, think_filter.flush())
 
     async def _show(self, turn: RunningTurn, visible: str) -> None:

@@ -35,6 +35,16 @@ def open_history_store(url: str) -> HistoryStore:
     raise ValueError(f"unknown history store {url!r}")
 
 
+async def check_history_store(settings: Settings) -> None:
+    """Open the configured store once and close it: raises StoreError (naming HISTORY_STORE)
+    if it cannot be used, so that the bot stops before it does anything else."""
+    store = open_history_store(settings.history_store)
+    try:
+        await store.open()
+    finally:
+        await store.close()
+
+
 @dataclass
 class Services:
     """The store, the Ollama client, metrics, the model manager, the engine and the health
@@ -135,11 +145,17 @@ class Services:
         if self._closed:
             return
         self._closed = True
+        self.engine.closing = True  # no new turns, no new background work
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.engine.stop_background()
-        if self.health is not None:
-            await self.health.stop()
-        await self.ollama.close()
-        await self.store.close()
+        try:
+            await self.engine.stop_background()
+            if self.health is not None:
+                await self.health.stop()
+        finally:
+            # Whatever failed above, the HTTP session and the store (and its thread) go.
+            try:
+                await self.ollama.close()
+            finally:
+                await self.store.close()

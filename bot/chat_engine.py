@@ -27,7 +27,14 @@ from .metrics import Metrics
 from .ollama import OllamaClient, OllamaError
 from .request_queue import FairQueue, Ticket
 from .settings import Settings
-from .turn import Refusal, ReplyOutcome, ReplySink, RunningTurn, UserMessage
+from .turn import (
+    Refusal,
+    ReplyOutcome,
+    ReplySink,
+    ReplyUndeliverable,
+    RunningTurn,
+    UserMessage,
+)
 from .turn_end import TurnEnd
 from .user_messages import STOPPED_NOTE, TOO_LONG
 
@@ -69,7 +76,10 @@ class ChatEngine:
         self._end = TurnEnd(store, clock, metrics)
         self._spawned: set[asyncio.Task[None]] = set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        if self.closing:  # shutting down: background work would outlive the store
+            coro.close()
+            return None
         task = asyncio.create_task(coro)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
@@ -78,11 +88,7 @@ class ChatEngine:
     async def conversation_settings(self, conversation: str) -> tuple[ConversationState, str, str]:
         """The state, the model and the system prompt that apply to ``conversation``."""
         state = await self.store.get_state(conversation)
-        model = state.model or self.settings.ollama_model
-        system = (
-            state.system_prompt if state.system_prompt is not None else self.settings.system_prompt
-        )
-        return state, model, system
+        return state, *self.settings.resolve(state.model, state.system_prompt)
 
     # --- a turn ------------------------------------------------------------------------------
 
@@ -115,7 +121,7 @@ class ChatEngine:
             model=self.settings.ollama_model,
             task=asyncio.current_task(),
         )
-        refusal = self._refusal(message)
+        refusal = _input_refusal(message, self.settings.max_input_chars, self.gate)
         if refusal is not None:
             return await self._end.end(turn, "refused", refusal=refusal)
         if turn.task is not None:
@@ -130,15 +136,6 @@ class ChatEngine:
             if turn.task is not None:
                 self._turns.pop(turn.task, None)
 
-    def _refusal(self, message: UserMessage) -> Refusal | None:
-        limit = self.settings.max_input_chars
-        text = message.prompt_text()
-        if len(text) > limit:
-            return Refusal("too_long", TOO_LONG.format(length=len(text), limit=limit))
-        if self.gate is not None and (busy := self.gate()) is not None:
-            return Refusal("model_busy", busy)
-        return None
-
     async def _wait_for_turn(self, turn: RunningTurn, ticket: Ticket) -> None:
         if self.metrics:
             self.metrics.requests_waiting.inc()
@@ -146,7 +143,8 @@ class ChatEngine:
             await ticket.wait()
         except asyncio.CancelledError:
             # Stopped while waiting for its turn (reset or shutdown): still say so.
-            await self._end.end(turn, "stopped")
+            if not turn.ended:
+                await self._end.end(turn, "stopped")
             raise
         finally:
             if self.metrics:
@@ -169,6 +167,12 @@ class ChatEngine:
                 ticket.release_slot()
                 status = "cut_off" if turn.text.strip() else "error"
                 return await self._end.end(turn, status, error=error)
+            except ReplyUndeliverable as gone:
+                # Nobody can see this reply (a deleted channel, a missing permission): stop
+                # Ollama (the stream was closed on the way out) and free the slot at once.
+                ticket.release_slot()
+                turn.undeliverable = str(gone)
+                return await self._end.end(turn, "undeliverable")
             # Ollama is done with this reply: let the next one start while Discord catches up.
             ticket.release_slot()
             if turn.keep_partial:
@@ -176,13 +180,16 @@ class ChatEngine:
             elif not turn.text.strip():
                 outcome = await self._end.end(turn, "empty")
             else:
-                outcome = await self._end.end(turn, "ok")
+                status = "length" if turn.done_reason == "length" else "ok"
+                outcome = await self._end.end(turn, status)
                 self.context.observe(prepared, turn.stats)
             return outcome
         except asyncio.CancelledError:
-            # Reset or shutdown: the turn ends here, with its note, and stores nothing.
+            # Reset or shutdown: the turn ends here, with its note, and stores nothing (unless
+            # it was already ending: a turn ends once).
             ticket.release_slot()
-            await self._end.end(turn, "stopped")
+            if not turn.ended:
+                await self._end.end(turn, "stopped")
             raise
         finally:
             if self.metrics:
@@ -224,14 +231,15 @@ class ChatEngine:
         """Forget the conversation and stop its running reply, if any. True if one stopped.
 
         The store starts a new epoch, so a reply that started before the reset (in any
-        process) no longer stores its exchange."""
-        await self.store.clear(conversation)
+        process) no longer stores its exchange. The reply to stop is the one running now,
+        taken before anything is awaited: a question asked after the reset is not touched."""
         turn = self._running.get(conversation)
         stopped = False
         if turn is not None and turn.task is not None and not turn.task.done():
             turn.stop_note = stop_note
             turn.task.cancel()
             stopped = True
+        await self.store.clear(conversation)
         log.info("event=reset conversation=%s stopped_reply=%s", conversation, stopped)
         return stopped
 
@@ -261,7 +269,7 @@ class ChatEngine:
         await self.stop_background()
         pending = {task for task in self._turns if not task.done()}
         if pending:
-            await self._stop_replies(pending, grace, stop_note)
+            await _stop_replies(self._turns, pending, grace, stop_note)
         # Replies that finished during the grace period may have started summaries.
         await self.stop_background()
 
@@ -272,18 +280,36 @@ class ChatEngine:
             task.cancel()
         await asyncio.gather(*self._spawned, return_exceptions=True)
 
-    async def _stop_replies(
-        self, pending: set[asyncio.Task[Any]], grace: float, stop_note: str
-    ) -> None:
-        log.info("event=shutdown_wait replies=%d grace=%.1fs", len(pending), grace)
-        _, still_running = await asyncio.wait(pending, timeout=grace)
-        for task in still_running:
-            turn = self._turns.get(task)
-            if turn is not None:
-                turn.stop_note = stop_note
-            task.cancel()
-        if still_running:
-            log.info("event=shutdown_interrupt replies=%d", len(still_running))
-            # Each cancelled reply writes its note; give those edits a moment to go out, within
-            # Docker's 10 s stop timeout (SHUTDOWN_GRACE defaults to 8 s).
-            await asyncio.wait(still_running, timeout=NOTE_SECONDS)
+
+def _input_refusal(
+    message: UserMessage, limit: int, gate: Callable[[], str | None] | None
+) -> Refusal | None:
+    """Why a message cannot be answered at all: too long (what the person typed counts, not
+    the "Name: " the bot puts in front of it), or the model cannot answer yet."""
+    if len(message.text) > limit:
+        return Refusal("too_long", TOO_LONG.format(length=len(message.text), limit=limit))
+    if gate is not None and (busy := gate()) is not None:
+        return Refusal("model_busy", busy)
+    return None
+
+
+async def _stop_replies(
+    turns: dict[asyncio.Task[Any], RunningTurn],
+    pending: set[asyncio.Task[Any]],
+    grace: float,
+    stop_note: str,
+) -> None:
+    """Shutdown: wait up to ``grace`` for the replies in flight, then stop the rest with
+    ``stop_note``."""
+    log.info("event=shutdown_wait replies=%d grace=%.1fs", len(pending), grace)
+    _, still_running = await asyncio.wait(pending, timeout=grace)
+    for task in still_running:
+        turn = turns.get(task)
+        if turn is not None:
+            turn.stop_note = stop_note
+        task.cancel()
+    if still_running:
+        log.info("event=shutdown_interrupt replies=%d", len(still_running))
+        # Each cancelled reply writes its note; give those edits a moment to go out, within
+        # Docker's 10 s stop timeout (SHUTDOWN_GRACE defaults to 8 s).
+        await asyncio.wait(still_running, timeout=NOTE_SECONDS)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 from .app import Services
+from .exit_codes import EXIT_CONFIG
+from .history_store import StoreError
 from .settings import Settings
 from .turn import QuietEvents, UserMessage
 
@@ -28,11 +30,12 @@ class ConsoleSink(QuietEvents):
         self.out.write(delta)
         self.out.flush()
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
         if note:
             self.out.write(f"\n{note}")
         self.out.write("\n")
         self.out.flush()
+        return True
 
 
 async def run_console(
@@ -43,7 +46,12 @@ async def run_console(
     conversation: str = CONSOLE_CONVERSATION,
 ) -> int:
     services = Services.build(settings)
-    await services.store.open()
+    try:
+        await services.store.open()
+    except StoreError as exc:
+        await services.close()
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     history = await services.store.load(conversation)
     out.write(
         f"ollacord console: model {settings.ollama_model} at {settings.ollama_url}; "

@@ -176,7 +176,7 @@ class ContextKeeper:
     async def status(
         self, conversation: str, state: ConversationState, system_prompt: str
     ) -> dict[str, Any]:
-        model = state.model or self.settings.ollama_model
+        model, _ = self.settings.resolve(state.model, state.system_prompt)
         budget = await self.budget(model)
         estimator = self.estimator(model)
         turns = await self.store.load(conversation, after=state.window_start)

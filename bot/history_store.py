@@ -51,6 +51,11 @@ class ConversationState:
     epoch: int = 0
 
 
+class StoreError(Exception):
+    """The history store cannot be used. The message is one sentence for whoever runs the bot:
+    it names HISTORY_STORE, where it points and what is wrong."""
+
+
 StateChange = Callable[[ConversationState], ConversationState]
 """A pure function from the current state to the new one. A store may call it more than once
 (optimistic stores retry when another writer got there first); returning its argument
@@ -61,7 +66,8 @@ class HistoryStore(Protocol):
     """What the conversation engine needs from a store. Every method is one atomic step."""
 
     async def open(self) -> None:
-        """Connect and check the store now, so a bad setting fails at start-up."""
+        """Connect and check the store now, so a bad setting fails at start-up (raising
+        :class:`StoreError`), before the bot connects to Discord."""
         ...
 
     async def load(self, conversation: str, *, after: int = 0) -> list[Turn]:

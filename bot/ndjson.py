@@ -16,7 +16,14 @@ MAX_LINE_BYTES = 8_000_000
 
 
 class NdjsonError(ValueError):
-    """The byte stream is not valid NDJSON (a line is not a JSON object, or is too long)."""
+    """The byte stream is not valid NDJSON (a line is not a JSON object, or is too long).
+
+    ``parsed`` holds the objects of the lines before the bad one that arrived in the same
+    read: they are valid, and a partial answer must not be lost with them."""
+
+    def __init__(self, message: str, parsed: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.parsed: list[dict[str, Any]] = parsed or []
 
 
 class NdjsonDecoder:
@@ -48,11 +55,17 @@ class NdjsonDecoder:
             line = bytes(self._buffer[start:end])
             start = search_from = end + 1
             if line.strip():
-                objects.append(self._decode(line))
+                try:
+                    objects.append(self._decode(line))
+                except NdjsonError as exc:
+                    del self._buffer[:start]
+                    self._scanned = 0
+                    exc.parsed = objects
+                    raise
         del self._buffer[:start]
         self._scanned = len(self._buffer)
         if len(self._buffer) > self._max:
-            raise NdjsonError(f"a line is longer than {self._max} bytes")
+            raise NdjsonError(f"a line is longer than {self._max} bytes", objects)
         return objects
 
     def finish(self) -> list[dict[str, Any]]:

@@ -58,10 +58,20 @@ class OllamaRequestError(OllamaError):
     """Ollama answered with an HTTP error status (docs/ollama-protocol.md#errors): 400 bad request,
     500 failures, ...
 
-    ``message`` is the server's own text (users are shown it); ``str()`` adds where it came from.
+    ``message`` is the server's own text; ``str()`` adds where it came from. ``from_server``:
+    the text is Ollama's own ``{"error": ...}`` (fit to show users); otherwise it is whatever
+    answered (a proxy's HTML page, a router's "404 page not found"), for the log only.
     """
 
-    def __init__(self, status: int, message: str, *, url: str = "", endpoint: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        url: str = "",
+        endpoint: str = "",
+        from_server: bool = True,
+    ) -> None:
         who = f"Ollama at {url}" if url else "Ollama"
         where = f" on {endpoint}" if endpoint else ""
         super().__init__(f"{who} answered {status}{where}: {message}")
@@ -69,6 +79,7 @@ class OllamaRequestError(OllamaError):
         self.message = message
         self.url = url
         self.endpoint = endpoint
+        self.from_server = from_server
 
     @property
     def label(self) -> str:

@@ -123,15 +123,38 @@ class OllamaTransport:
         async with self._exchange("POST", path, body, model=model, accept=NDJSON_TYPE) as exchange:
             decoder = NdjsonDecoder()
             while data := await exchange.read():
-                for obj in decoder.feed(data):
+                try:
+                    objects = decoder.feed(data)
+                except NdjsonError as exc:
+                    # The lines before the bad one are the start of the answer: hand them over,
+                    # then report the bad line (the caller shows the text with a cut-off note).
+                    for obj in exc.parsed:
+                        yield obj
+                    raise
+                for obj in objects:
                     yield obj
-            if decoder.pending and exchange.is_ndjson:
-                # Every NDJSON line ends with "\n" (#stream): a fragment at EOF is a cut connection.
-                raise StreamInterrupted(
-                    "dropped", "the stream ended in the middle of a line", endpoint=path
-                )
-            for obj in decoder.finish():
+            for obj in self._last_line(decoder, exchange.is_ndjson, path):
                 yield obj
+
+    @staticmethod
+    def _last_line(decoder: NdjsonDecoder, is_ndjson: bool, path: str) -> list[dict[str, Any]]:
+        """What is left at EOF. A JSON answer has no "\n" (its one object is whole). In NDJSON
+        every line ends with "\n" (#stream), so a fragment means the connection was cut,
+        unless it is the stream's last word (``done`` / pull's ``success``) with only its
+        "\n" lost: the answer is complete then."""
+        if not decoder.pending.strip() or not is_ndjson:
+            return decoder.finish()
+        try:
+            objects = decoder.finish()
+        except NdjsonError:
+            objects = []
+        if len(objects) == 1 and (
+            objects[0].get("done") is True or objects[0].get("status") == "success"
+        ):
+            return objects
+        raise StreamInterrupted(
+            "dropped", "the stream ended in the middle of a line", endpoint=path
+        )
 
     async def request_json(
         self,
@@ -221,7 +244,11 @@ class OllamaTransport:
         message = (server_message if server_message is not None else text) or (
             response.reason or f"HTTP {response.status}"
         )
-        where: dict[str, str] = {"url": self.base_url, "endpoint": path}
+        where: dict[str, Any] = {
+            "url": self.base_url,
+            "endpoint": path,
+            "from_server": server_message is not None,
+        }
         if response.status == 404 and server_message is not None and model:
             return ModelNotFound(model, message, endpoint=path)
         if response.status == 404 and server_message is None:

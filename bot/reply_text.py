@@ -24,12 +24,17 @@ class MessageTarget(Protocol):
     """Where the messages of one reply go. Index 0 is the first message (the Discord reply).
 
     ``controls`` are the buttons to show on that message (None: leave them as they are). Both
-    return True when done, False when Discord refuses for good (deleted channel, missing
-    permission: stop trying), None when it failed for now (try again a little later)."""
+    return True when done, None when it failed for now (try again a little later), and when
+    Discord refuses for good (deleted channel, missing permission: stop the reply) the reason
+    as a short text, or False."""
 
-    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | None: ...
+    async def send(
+        self, index: int, text: str, *, controls: Controls | None
+    ) -> bool | str | None: ...
 
-    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | None: ...
+    async def edit(
+        self, index: int, text: str, *, controls: Controls | None
+    ) -> bool | str | None: ...
 
 
 class ReplyText:

@@ -14,7 +14,7 @@ from .clock import Clock
 from .rate_limits import Priority
 from .reply_text import Controls, MessageTarget, ReplyText
 from .splitter import DISCORD_LIMIT
-from .turn import QuietEvents
+from .turn import QuietEvents, ReplyUndeliverable
 from .user_messages import queued_status
 
 
@@ -62,6 +62,9 @@ class ReplyWriter(QuietEvents):
         self.updates = 0
         self.last_update: float | None = None
         self.failures = 0  # updates in a row that Discord failed (for now)
+        # Why Discord refuses this reply for good (deleted channel, missing permission).
+        self.refused: str | None = None
+        self.delivered = True  # False once an update was given up: the reader missed text
         self.retry_at: float | None = None
         self.waiting_since = scheduler.clock()
         self._delivered: asyncio.Future[None] | None = None
@@ -74,6 +77,9 @@ class ReplyWriter(QuietEvents):
         messages = self.content.messages()
         if not messages and self.status and not self.final:
             return [self.status]
+        if not messages and self.final and self.shown:
+            # Over with no text of its own (a refused Regenerate): what is shown stays.
+            return list(self.shown)
         return messages
 
     def pending(self) -> bool:
@@ -104,32 +110,41 @@ class ReplyWriter(QuietEvents):
         return Priority.INTERMEDIATE
 
     async def feed(self, delta: str) -> None:
-        """Add model text. Never waits for Discord (the stream goes at Ollama's pace)."""
+        """Add model text. Never waits for Discord (the stream goes at Ollama's pace).
+        Raises :class:`ReplyUndeliverable` once Discord refused the reply for good."""
+        if self.refused is not None:
+            raise ReplyUndeliverable(self.refused)
         if delta:
             self.content.feed(delta)
             self.scheduler.poke(self)
 
     def set_status(self, status: str | None) -> None:
         self.status = status
-        self.scheduler.poke(self)
+        if self.refused is None:
+            self.scheduler.poke(self)
 
     def queued(self, ahead: int) -> None:
         """The queue place is shown in the message that becomes the answer."""
         self.set_status(queued_status(ahead))
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
         """The text is complete: write the final state now, and wait until Discord shows it.
-        ``stored``: the reply is in the history (so it may be regenerated)."""
+        ``stored``: the reply is to be kept in the history (so it may be regenerated).
+        Returns whether the reader saw it all (False if Discord refused or kept failing)."""
+        self.final = True
+        if self.refused is not None:
+            self.scheduler.done(self)
+            return False
         if note:
             self.content.add_note(note)
-        self.final = True
         self.controls = Controls.REGENERATE if stored else Controls.NONE
-        if not self.pending():
+        if self.pending():
+            self._delivered = asyncio.get_running_loop().create_future()
+            self.scheduler.poke(self)
+            await self._delivered
+        else:
             self.scheduler.done(self)
-            return
-        self._delivered = asyncio.get_running_loop().create_future()
-        self.scheduler.poke(self)
-        await self._delivered
+        return self.delivered
 
     def _settle(self) -> None:
         if self.final and not self.pending():
@@ -137,8 +152,12 @@ class ReplyWriter(QuietEvents):
                 self._delivered.set_result(None)
             self.scheduler.done(self)
 
-    def give_up(self) -> None:
-        """Discord refuses: stop trying (the target logged why)."""
+    def give_up(self, refused: str | None = None) -> None:
+        """Stop trying (the target logged why): after failures for now, or for good when
+        Discord ``refused`` (then nothing more is sent, and the engine stops the reply)."""
+        self.delivered = False
+        if refused is not None:
+            self.refused = refused
         self.shown = self.desired()
         self.shown_controls = self._wanted_controls()
         self._settle()
@@ -156,6 +175,8 @@ class ReplyWriter(QuietEvents):
                 ok = await self.target.edit(index, text, controls=changed)
                 break
         else:
+            if self.pending():  # nothing left to send yet still not as wanted: never spin
+                self.give_up()
             self._settle()
             return
         now = self.scheduler.clock()
@@ -170,8 +191,8 @@ class ReplyWriter(QuietEvents):
             return
         self.failures = 0
         self.retry_at = None
-        if ok is False:
-            self.give_up()
+        if ok is False or isinstance(ok, str):
+            self.give_up(ok or "Discord refused the update")
             return
         self.updates += 1
         if index >= len(self.shown):

@@ -82,12 +82,15 @@ class FairQueue:
         """No room for one more waiting reply (QUEUE_LIMIT)."""
         return self.waiting >= self.limit
 
-    def has_pending(self, conversation: str, user: int) -> bool:
-        """Whether ``user`` already has a reply waiting or streaming in ``conversation``."""
+    def pending(self, conversation: str, user: int) -> int:
+        """How many replies ``user`` has waiting or streaming in ``conversation``."""
         active = self._active.get(conversation)
-        if active is not None and active.user == user:
-            return True
-        return any(t.user == user for t in self._waiting.get(conversation, ()))
+        mine = 1 if active is not None and active.user == user else 0
+        return mine + sum(t.user == user for t in self._waiting.get(conversation, ()))
+
+    def has_pending(self, conversation: str, user: int) -> bool:
+        """Whether ``user`` has a reply waiting or streaming in ``conversation``."""
+        return self.pending(conversation, user) > 0
 
     def enter(
         self, conversation: str, user: int | None, on_position: PositionCallback | None = None

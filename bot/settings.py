@@ -72,6 +72,13 @@ class Settings:
                 values[field_name] = parse(name, raw.strip())
         return cls(**values)
 
+    def resolve(self, model: str | None, system_prompt: str | None) -> tuple[str, str]:
+        """The model and system prompt a conversation uses: its own, else the defaults."""
+        return (
+            model or self.ollama_model,
+            system_prompt if system_prompt is not None else self.system_prompt,
+        )
+
     def describe(self) -> str:
         """A one-line summary for the start-up log; the token is never part of it."""
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "discord_token"}
@@ -93,10 +100,17 @@ def parse_id_list(name: str, value: str) -> frozenset[int]:
 
 def _parse_url(name: str, value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(
             f"{name} must be an http(s) URL such as http://localhost:11434, not {value!r}"
         )
+    try:
+        parts.port  # noqa: B018 (urllib checks the port only when it is read)
+    except ValueError:
+        raise ConfigError(
+            f"{name} has a port that is not a number from 0 to 65535: {value!r} "
+            "(e.g. http://localhost:11434)"
+        ) from None
     return value.rstrip("/")
 
 

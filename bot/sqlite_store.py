@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .history_store import ConversationState, StateChange, Turn, changed, cleared
+from .history_store import ConversationState, StateChange, StoreError, Turn, changed, cleared
 
 T = TypeVar("T")
 
@@ -55,9 +55,9 @@ class SqliteHistoryStore:
     """SQLite file store. Survives restarts and ``kill -9``.
 
     sqlite3 blocks, so every call runs on one dedicated thread: calls are serialised in the
-    order they are made, and the event loop never waits on the disk. Each method is one
-    ``BEGIN IMMEDIATE`` transaction. WAL mode with ``synchronous=NORMAL`` keeps commits
-    durable across a process crash.
+    order they are made, and the event loop never waits on the disk. Each method that writes is
+    one ``BEGIN IMMEDIATE`` transaction; reads are single statements. WAL mode with
+    ``synchronous=NORMAL`` keeps commits durable across a process crash.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -69,12 +69,19 @@ class SqliteHistoryStore:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            for table, column, statement in _MIGRATIONS:
-                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(statement)
+            try:
+                # The first statement reads the file's header: a file that is not a database
+                # fails here, before anything is written to it.
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                for table, column, statement in _MIGRATIONS:
+                    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in columns:
+                        db.execute(statement)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
 
@@ -83,7 +90,26 @@ class SqliteHistoryStore:
         return await loop.run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
-        await self._run(self._connect)
+        try:
+            await self._run(self._connect)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(self._explain(exc)) from exc
+
+    def _explain(self, exc: OSError | sqlite3.Error) -> str:
+        where = f"HISTORY_STORE points at {str(self.path)!r}"
+        if self.path.is_dir():
+            return (
+                f"{where}, which is a directory: give a file path, e.g. sqlite:///data/history.db"
+            )
+        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+            return (
+                f"{where}, which is not a SQLite database (or is damaged). It was left as it "
+                "is: move it away, or point HISTORY_STORE at another file."
+            )
+        return (
+            f"{where}, which cannot be opened or created ({exc}): its directory must exist "
+            "or be creatable, and be writable by the user the bot runs as."
+        )
 
     async def load(self, conversation: str, *, after: int = 0) -> list[Turn]:
         return await self._run(self._load, conversation, after, None)
@@ -198,10 +224,11 @@ class SqliteHistoryStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # also when COMMIT itself failed: never leave one open
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     async def ping(self) -> None:
         await self._run(lambda: self._connect().execute("SELECT 1").fetchone())

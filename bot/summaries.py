@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+# Starts a background task; None when the engine is shutting down and takes no new work.
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None] | None"]
 
 # Room planned for the next user message when deciding to fold early: a tenth of the budget
 # (a long message still fits; an unusually long one makes the fold happen then instead).
@@ -62,7 +63,9 @@ class Summaries:
         if self._replies_running == 0:
             for wanted in sorted(self._wanted):
                 if wanted not in self._summaries:
-                    self._summaries[wanted] = spawn(self._summarize(wanted))
+                    task = spawn(self._summarize(wanted))
+                    if task is not None:
+                        self._summaries[wanted] = task
             self._wanted.clear()
 
     def want(self, conversation: str) -> None:
@@ -85,7 +88,7 @@ class Summaries:
 
     async def _summarize_once(self, conversation: str) -> None:
         state = await self.store.get_state(conversation)
-        model = state.model or self.settings.ollama_model
+        model, _ = self.settings.resolve(state.model, state.system_prompt)
         budget = await self.context.budget(model)
         upto = await self._fold_point(conversation, state, model, budget)
         if upto <= state.summary_upto:
@@ -125,9 +128,7 @@ class Summaries:
     ) -> int:
         """The last turn id worth folding now: the window's start, or further if a typical
         next message would not fit."""
-        system_prompt = (
-            state.system_prompt if state.system_prompt is not None else self.settings.system_prompt
-        )
+        _, system_prompt = self.settings.resolve(state.model, state.system_prompt)
         estimator = self.context.estimator(model)
         turns = await self.store.load(conversation, after=state.window_start)
         early = plan_early_fold(

@@ -39,6 +39,11 @@ class UserMessage:
         return f"{self.speaker}: {self.text}" if self.speaker else self.text
 
 
+class ReplyUndeliverable(Exception):
+    """The sink can show nothing more, for good (Discord: a deleted channel, a missing
+    permission). The turn stops: Ollama's stream is closed and nothing is stored."""
+
+
 class ReplySink(Protocol):
     """Where a reply goes as it streams (Discord messages, or the terminal), and the events of
     its life: waiting in the queue, its turn starting, its first words."""
@@ -57,8 +62,9 @@ class ReplySink(Protocol):
 
     async def feed(self, delta: str) -> None: ...
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
-        """The reply is over; ``note`` goes after the text; ``stored``: it is in the history."""
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+        """The reply is over; ``note`` goes after the text; ``stored``: it will be kept in the
+        history. Returns whether the reader got it all (only then is it stored)."""
         ...
 
 
@@ -105,6 +111,9 @@ class RunningTurn:
     text: str = ""
     first_text_at: float | None = None
     stats: Mapping[str, int] = field(default_factory=dict)
+    done_reason: str = ""  # Ollama's: "stop", or "length" when the answer hit its limit
+    undeliverable: str | None = None  # why Discord refuses this reply for good
+    ended: bool = False  # its one exit was taken (a turn ends once, even if cancelled then)
     stop_note: str | None = None
     keep_partial: bool = False  # stopped by its asker: store what was written, marked stopped
     replacing: list[int] = field(default_factory=list)  # Regenerate: the exchange it replaces

@@ -14,7 +14,15 @@ from .history_store import HistoryStore, Turn
 from .metrics import Metrics
 from .ollama import OllamaError
 from .turn import Refusal, ReplyOutcome, RunningTurn
-from .user_messages import EMPTY_REPLY, INTERRUPTED, STOPPED_MARK, cut_off_note, error_message
+from .user_messages import (
+    EMPTY_REPLY,
+    INTERRUPTED,
+    LENGTH_MARK,
+    LENGTH_NOTE,
+    STOPPED_MARK,
+    cut_off_note,
+    error_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +46,19 @@ class TurnEnd:
         """Every turn ends here: finish the sink, keep what should be kept, count, log.
 
         The final text goes out first (with the Regenerate button if the answer is to be
-        kept, in the same update), then the exchange is stored."""
+        kept, in the same update), then the exchange is stored, but only if the reader got it
+        all: an answer nobody saw (Discord refused it) is not kept."""
+        turn.ended = True
         note, answer = self._closing(turn, status, error, refusal)
         keep = answer is not None and turn.user_turn is not None
         stored = False
         try:
-            await turn.sink.finish(note, stored=keep)
+            delivered = await turn.sink.finish(note, stored=keep)
             if keep and answer is not None:
-                stored = await self._commit(turn, answer)
+                if delivered:
+                    stored = await self._commit(turn, answer)
+                else:
+                    status = "undeliverable"
         except Exception:
             if status != "stopped":
                 raise
@@ -62,8 +75,14 @@ class TurnEnd:
         """The note shown after the text, and the answer to store (None: store nothing)."""
         if status == "ok":
             return None, turn.text
+        if status == "length":
+            # Cut by num_predict or the context: said so on Discord, and kept in the history
+            # marked, so that the model knows on the next turn that its answer was cut.
+            return LENGTH_NOTE, f"{turn.text}\n\n{LENGTH_MARK}"
         if status == "refused":
             return (refusal.note if refusal else None), None
+        if status == "undeliverable":
+            return None, None  # Discord refuses this reply: nothing to show, nothing kept
         if status == "error" and error is not None:
             return error_message(error, model=turn.model), None
         if status == "cut_off" and error is not None:
@@ -99,7 +118,7 @@ class TurnEnd:
     ) -> None:
         ended = self.clock()
         fields = f"event=reply conversation={turn.conversation} outcome={status} model={turn.model}"
-        if status == "ok":
+        if status in ("ok", "length"):
             if self.metrics:
                 self.metrics.reply_duration.observe(ended - turn.started)
             first = turn.first_text_at if turn.first_text_at is not None else ended
@@ -125,6 +144,11 @@ class TurnEnd:
         elif status == "refused":
             reason = refusal.reason if refusal else "?"
             log.info("%s reason=%s %s", fields, reason, turn.log_fields)
+        elif status == "undeliverable":
+            cause = turn.undeliverable or "Discord did not show the whole reply"
+            log.warning(
+                "%s cause=%r chars=%d stored=no %s", fields, cause, len(turn.text), turn.log_fields
+            )
         else:
             note = turn.stop_note or INTERRUPTED
             level = logging.WARNING if status == "empty" else logging.INFO

@@ -42,8 +42,20 @@ NOT_CONFIGURATOR = (
     "channel's settings."
 )
 ONE_AT_A_TIME = "⏳ You already have a question waiting here; I'll answer that one first."
+TOO_MANY_WAITING = (
+    "✋ You already have {count} questions waiting here, so I won't answer that one. "
+    "Please ask it again once I've answered them."
+)
+ATTACHMENTS_NOT_READ = (
+    "📎 I can't read attachments yet (images, files): please paste the text you want me to "
+    "look at into your message."
+)
+ATTACHMENTS_IGNORED = "*(I can't read attachments yet: I answered your text only.)*"
 BUSY = "⏳ I'm busy with many questions right now. Please try again shortly."
 STOPPED_NOTE = "*(stopped)*"
+LENGTH_NOTE = "⚠️ *(cut off: the answer reached its length limit)*"
+# How an answer cut by the length limit is kept in the history (the model reads it next turn).
+LENGTH_MARK = "[cut off: this answer reached its length limit]"
 # How a stopped answer is kept in the history, so the model knows it was cut short.
 STOPPED_MARK = "[stopped by the user]"
 NOT_LATEST = "⚠️ This answer is no longer the latest one here, so it can't be regenerated."
@@ -88,12 +100,33 @@ def error_message(error: OllamaError, *, model: str) -> str:
             "or the server is overloaded; please try again."
         )
     if isinstance(error, OllamaRequestError):
-        if error.status == 400:
-            return f"⚠️ Ollama rejected the request: {error.message}"
-        return f"⚠️ Ollama failed to answer (HTTP {error.status}): {error.message}"
+        return request_failed(error)
     if isinstance(error, StreamInterrupted):
         return f"⚠️ The reply failed: {cut_off_reason(error)}."
     return f"⚠️ Something went wrong talking to Ollama: {error}"
+
+
+# Ollama's own error texts are short; anything longer is cut for the channel (the log has it).
+SHOWN_ERROR_CHARS = 300
+
+
+def request_failed(error: OllamaRequestError) -> str:
+    """An HTTP error. Ollama's own ``{"error"}`` text is shown; anything else (a proxy's HTML
+    page, a router's 404) stays in the log, and the channel gets a plain sentence."""
+    if not error.from_server:
+        if error.status == 404:
+            return (
+                f"⚠️ {error.url or 'OLLAMA_URL'} does not look like an Ollama server (it has no "
+                f"{error.endpoint or 'Ollama API'}). Check `OLLAMA_URL`."
+            )
+        return (
+            f"⚠️ Ollama (or a proxy in front of it) failed to answer (HTTP {error.status}). "
+            "The details are in the bot's log."
+        )
+    message = error.message[:SHOWN_ERROR_CHARS]
+    if error.status == 400:
+        return f"⚠️ Ollama rejected the request: {message}"
+    return f"⚠️ Ollama failed to answer (HTTP {error.status}): {message}"
 
 
 def cut_off_reason(error: OllamaError) -> str:
@@ -139,8 +172,11 @@ def pull_succeeded(model: str, total_bytes: int) -> str:
 def pull_failed(model: str, error: OllamaError) -> str:
     if isinstance(error, OllamaUnavailable):
         return f"⚠️ Pulling `{model}` failed: I can't reach Ollama at {error.url} ({error.reason})."
-    detail = error.message if isinstance(error, OllamaRequestError) else str(error)
-    return f"⚠️ Pulling `{model}` failed: {detail}"
+    if isinstance(error, OllamaRequestError):
+        if not error.from_server:
+            return f"⚠️ Pulling `{model}` failed: {request_failed(error).removeprefix('⚠️ ')}"
+        return f"⚠️ Pulling `{model}` failed: {error.message[:SHOWN_ERROR_CHARS]}"
+    return f"⚠️ Pulling `{model}` failed: {error}"
 
 
 def queued_status(ahead: int) -> str:

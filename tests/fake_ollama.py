@@ -859,6 +859,13 @@ class Reply:
     (docs/ollama-protocol.md#stream)."""
     tool_calls_on_final: bool = False
     """Put ``tool_calls`` on the final ``done:true`` chunk instead (native-template path)."""
+    # What a proxy in front of Ollama, or a broken one, sends (not Ollama's own behaviour):
+    error_body: bytes | None = None
+    """With ``status``: this raw body (e.g. a proxy's HTML page) instead of ``{"error"}``."""
+    error_content_type: str = "text/html"
+    garbage_after: int | None = None
+    """After this many content chunks, a line that is not JSON, in the SAME write as every
+    line before it (one network read for the client), then the end of the response."""
     mixed_transition: bool = False
     """Carry the last thinking delta and the first content delta in one chunk."""
 
@@ -914,7 +921,12 @@ class _Hang:
     pass
 
 
-_Event = _Line | _Error | _Drop | _Hang
+@dataclass
+class _Garbage:
+    data: bytes
+
+
+_Event = _Line | _Error | _Drop | _Hang | _Garbage
 _Handler = Callable[[web.Request, RecordedRequest], Awaitable[web.StreamResponse]]
 
 
@@ -1683,6 +1695,9 @@ class FakeOllama(ThreadedServer):
         first = True
         for message in messages:
             if message["content"]:
+                if reply.garbage_after is not None and sent_content >= reply.garbage_after:
+                    yield _Garbage(b"<html><body>502 Bad Gateway</body></html>\n")
+                    return
                 if reply.error_after is not None and sent_content >= reply.error_after:
                     yield _Error(500, error_message, line=True)
                     return
@@ -1773,9 +1788,15 @@ class FakeOllama(ThreadedServer):
         """``streamResponse``: headers go out with the first event; errors per
         docs/ollama-protocol.md#errors."""
         resp = _ndjson_response()
+        held = b""  # with garbage_after, every line waits to go out with the bad one
         try:
             async for event in self._events(ctx):
-                if isinstance(event, _Line):
+                if isinstance(event, _Line) and ctx.reply.garbage_after is not None:
+                    held += go_json(event.obj) + b"\n"
+                elif isinstance(event, _Garbage):
+                    await self._write_line(ctx, resp, held + event.data)
+                    break
+                elif isinstance(event, _Line):
                     await self._write_line(ctx, resp, go_json(event.obj) + b"\n")
                     if event.obj["message"].get("content"):
                         ctx.rec.tokens_sent += 1
@@ -1803,10 +1824,13 @@ class FakeOllama(ThreadedServer):
     async def _error_before_first_event(self, ctx: _Chat, event: _Error) -> web.StreamResponse:
         """Row 15: real status, ``application/json`` (no charset), flushed hence chunked."""
         resp = web.StreamResponse(status=event.status)
-        resp.headers["Content-Type"] = JSON_CT_NO_CHARSET
+        body = ctx.reply.error_body
+        resp.headers["Content-Type"] = (
+            JSON_CT_NO_CHARSET if body is None else ctx.reply.error_content_type
+        )
         resp.enable_chunked_encoding()
         await resp.prepare(ctx.request)
-        await resp.write(go_json({"error": event.message}))
+        await resp.write(go_json({"error": event.message}) if body is None else body)
         await resp.write_eof()
         return resp
 
@@ -1822,6 +1846,8 @@ class FakeOllama(ThreadedServer):
             elif isinstance(event, _Drop):
                 self._drop(ctx)
                 return web.Response()
+            elif isinstance(event, _Garbage):
+                return web.Response(body=event.data, content_type="text/html")
             else:
                 await self._hang(ctx)
                 return web.Response()

@@ -16,7 +16,12 @@ from simcord import Env
 
 from bot import OllacordBot
 from bot.history_store import Turn
-from bot.user_messages import RESET_DONE, RESET_STOPPED
+from bot.user_messages import (
+    ATTACHMENTS_IGNORED,
+    ATTACHMENTS_NOT_READ,
+    RESET_DONE,
+    RESET_STOPPED,
+)
 from tests.conftest import NO_LIMITS, SteppingClock, settings_for, until
 from tests.fake_ollama import FakeOllama, Reply
 from tests.helpers import bot_messages, setup_channel, stored
@@ -433,7 +438,9 @@ async def test_other_mentions_are_made_readable_in_the_prompt(
     assert chat_messages(fake_ollama)[-1]["content"] == "Alice: say hi to @Bob"
 
 
-async def test_attachments_do_not_crash_anything(simcord_env: Env, fake_ollama: FakeOllama) -> None:
+async def test_attachments_are_said_to_be_unread_and_the_text_is_answered(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
     channel, alice = setup_channel(simcord_env)
     await alice.send(
         channel,
@@ -441,7 +448,21 @@ async def test_attachments_do_not_crash_anything(simcord_env: Env, fake_ollama: 
         attachments=[("notes.txt", b"some notes")],
     )
     [reply] = bot_messages(simcord_env, channel)
-    assert reply.content == "You said: Alice: what do you think of this file?"
+    assert reply.content == (
+        f"You said: Alice: what do you think of this file?\n\n{ATTACHMENTS_IGNORED}"
+    )
+
+
+async def test_a_mention_with_only_an_attachment_is_told_attachments_are_not_read(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    channel, alice = setup_channel(simcord_env)
+    await alice.send(
+        channel, simcord_env.bot.user.mention, attachments=[("photo.png", b"\x89PNG...")]
+    )
+    [reply] = bot_messages(simcord_env, channel)
+    assert reply.content == ATTACHMENTS_NOT_READ  # not the "mention me with a question" hint
+    assert fake_ollama.chat_requests == []
 
 
 @pytest.mark.bot_env(MAX_INPUT_CHARS="100")

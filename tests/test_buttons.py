@@ -215,3 +215,26 @@ async def test_a_stop_button_left_by_an_earlier_run_says_it_expired(
     leftover = await bot_channel.send("half an answer", view=view)
     result = await alice.click(leftover, label="Stop")
     assert result.ephemeral and result.response.content == BUTTON_EXPIRED
+
+
+async def test_a_regenerate_overtaken_by_a_newer_question_leaves_the_channel_working(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    channel, alice, bob, _ = setup(simcord_env)
+    mention = simcord_env.bot.user.mention
+    fake_ollama.queue(Reply(tokens=["First", " answer"]))
+    asked = (await alice.send(channel, f"{mention} question")).id
+    answer = answer_to(simcord_env, channel, asked)
+    # Bob's question is streaming when Alice presses Regenerate: hers waits behind it, and by
+    # its turn her answer is no longer the latest, so it is refused.
+    bob_asked, _ = await start_long_reply(simcord_env, fake_ollama, channel, bob, SHORT)
+    await alice.click(answer, label="Regenerate")
+    await simcord_env.settle()
+
+    assert answer_to(simcord_env, channel, asked).content == "First answer"
+    assert labels(answer_to(simcord_env, channel, asked)) == []
+    assert answer_to(simcord_env, channel, bob_asked).content.endswith("s59")
+    # The channel still answers (the refused turn let go of its place).
+    fake_ollama.queue(Reply(tokens=["Still", " here"]))
+    later = (await alice.send(channel, f"{mention} anyone?")).id
+    assert answer_to(simcord_env, channel, later).content == "Still here"

@@ -1,4 +1,6 @@
-"""Discord refusing an update never ends the reply loop or loses history."""
+"""Discord failing an update for now never ends the reply or loses history; Discord refusing
+a reply for good (a deleted channel, a missing permission) stops it at once: Ollama's stream is
+cancelled, nothing more is sent, nothing is stored."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ TOKENS = [f" t{i}" for i in range(30)]
 @pytest.mark.bot_clock(step=1.0)
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(500, 0), (400, 50035), (403, 50013)],
-    ids=["server-error", "invalid-form", "missing-permissions"],
+    [(500, 0), (400, 50035)],
+    ids=["server-error", "invalid-form"],
 )
 async def test_a_failing_edit_is_logged_and_the_reply_goes_on(
     simcord_env: Env,
@@ -35,8 +37,7 @@ async def test_a_failing_edit_is_logged_and_the_reply_goes_on(
         r.getMessage() for r in caplog.records if "event=discord_edit_failed" in r.getMessage()
     ]
     assert failures and f"status={status}" in failures[0]
-    if code != 50013:  # missing permissions: the bot stops trying to edit that reply
-        assert bot_texts(simcord_env, channel) == ["".join(TOKENS).strip()]
+    assert bot_texts(simcord_env, channel) == ["".join(TOKENS).strip()]
 
 
 @pytest.mark.bot_clock(step=1.0)
@@ -59,11 +60,65 @@ async def test_a_reply_deleted_mid_stream_continues_in_a_new_message(
     assert len(await stored(simcord_env, channel)) == 2
 
 
-async def test_when_the_first_send_fails_the_history_is_still_kept(
+async def test_an_answer_nobody_could_see_is_not_stored_and_the_asker_sees_a_reaction(
     simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
     channel, alice = setup_channel(simcord_env, global_name=None)
+    fake_ollama.queue(Reply(tokens=TOKENS, token_delay=0.01))
+    # No Send Messages in this channel: every message the bot posts is refused.
     simcord_env.inject_error("POST", "/channels/*/messages", status=403, code=50013, times=None)
-    await alice.send(channel, f"{simcord_env.bot.user.mention} go")
-    assert len(await stored(simcord_env, channel)) == 2
-    assert any("event=discord_send_failed" in r.getMessage() for r in caplog.records)
+    question = await alice.send(channel, f"{simcord_env.bot.user.mention} go")
+    assert await fake_ollama.wait_for_async(lambda f: f.active == 0)
+
+    assert await stored(simcord_env, channel) == []
+    posts = [
+        r for r in simcord_env.http_requests if r.method == "POST" and r.path.endswith("/messages")
+    ]
+    assert len(posts) == 1  # refused once: not tried again for every token
+    assert fake_ollama.cancelled == 1  # the answer stopped being generated
+    reactions = [r.path for r in simcord_env.http_requests if "/reactions/" in r.path]
+    assert len(reactions) == 1 and f"/messages/{question.id}/reactions/" in reactions[0]
+    fixes = [r.getMessage() for r in caplog.records if "event=missing_permission" in r.getMessage()]
+    assert len(fixes) == 1 and "Send Messages" in fixes[0]
+
+    # A second question in the same channel: the fix is not logged again.
+    fake_ollama.queue(Reply(tokens=TOKENS, token_delay=0.01))
+    await alice.send(channel, f"{simcord_env.bot.user.mention} again")
+    assert sum("event=missing_permission" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.bot_clock(step=1.0)
+@pytest.mark.parametrize(
+    ("status", "code", "why"),
+    [
+        (404, 10003, "Unknown Channel"),
+        (403, 50001, "Missing Access"),
+        (403, 50013, "Missing Permissions"),
+        (400, 50083, "Thread is archived"),
+    ],
+)
+async def test_a_refusal_for_good_mid_stream_stops_the_reply(
+    simcord_env: Env,
+    fake_ollama: FakeOllama,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    code: int,
+    why: str,
+) -> None:
+    channel, alice = setup_channel(simcord_env, global_name=None)
+    long = [f" w{i}" for i in range(400)]
+    fake_ollama.queue(Reply(tokens=long, token_delay=0.01))
+    # The channel goes away (or the bot loses access) after the first message was posted.
+    simcord_env.inject_error(
+        "PATCH", "/channels/*/messages/*", status=status, code=code, message=why, times=None
+    )
+    await alice.send(channel, f"{simcord_env.bot.user.mention} talk for long")
+    assert await fake_ollama.wait_for_async(lambda f: f.active == 0)
+
+    patches = [r for r in simcord_env.http_requests if r.method == "PATCH"]
+    assert len(patches) == 1  # the refused edit, then nothing more
+    assert fake_ollama.cancelled == 1  # Ollama stopped generating: the slot is free
+    assert fake_ollama.chat_requests[-1] and len(bot_texts(simcord_env, channel)) == 1
+    assert await stored(simcord_env, channel) == []
+    lines = [r.getMessage() for r in caplog.records if "outcome=undeliverable" in r.getMessage()]
+    assert len(lines) == 1 and str(code) in lines[0]

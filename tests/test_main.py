@@ -49,6 +49,12 @@ def test_invalid_setting_names_the_variable(tmp_path: Path) -> None:
     assert "EDIT_INTERVAL" in done.stderr and "'soon'" in done.stderr
 
 
+def test_an_ollama_url_with_a_bad_port_stops_before_connecting(tmp_path: Path) -> None:
+    done = run_bot(tmp_path, DISCORD_TOKEN=TOKEN, OLLAMA_URL="http://localhost:abc")
+    assert done.returncode == 2
+    assert "OLLAMA_URL" in done.stderr and "port" in done.stderr
+
+
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("OLLAMA_URL=not-a-url\n")
     done = run_bot(tmp_path)

@@ -295,3 +295,18 @@ async def test_a_stream_yields_each_object_as_it_arrives(fake_ollama: FakeOllama
         await transport.close()
     assert objects[-1]["done"] is True
     assert "".join(o["message"]["content"] for o in objects) == "You said: hi"
+
+
+async def test_a_final_done_line_that_lost_only_its_newline_still_completes_the_answer() -> None:
+    body = (
+        b'{"model":"llama3.2","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+        b'{"model":"llama3.2","message":{"role":"assistant","content":""},"done":true,'
+        b'"done_reason":"stop"}'
+    )
+    async with raw_server(http_200("application/x-ndjson", body)) as url:
+        client = OllamaClient(url, busy_retry_delays=())
+        try:
+            chunks = [c async for c in client.chat("llama3.2", [{"role": "user", "content": "x"}])]
+        finally:
+            await client.close()
+    assert "".join(c.content for c in chunks) == "Hi" and chunks[-1].done

@@ -10,7 +10,7 @@ import pytest
 from simcord import Env
 
 from bot.request_queue import FairQueue
-from bot.user_messages import BUSY
+from bot.user_messages import BUSY, TOO_MANY_WAITING
 from tests.fake_ollama import FakeOllama, Reply
 
 SLOW = [f" w{i}" for i in range(20)]
@@ -118,7 +118,7 @@ async def test_a_busy_channel_does_not_starve_another(
     ]
 
 
-async def test_one_pending_question_per_person_and_channel(
+async def test_a_second_question_waits_its_turn_and_a_third_is_not_taken(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
     guild = simcord_env.create_guild()
@@ -129,15 +129,31 @@ async def test_one_pending_question_per_person_and_channel(
     simcord_env.backend.create_message(channel.id, alice.id, f"{mention} first")
     assert await fake_ollama.wait_for_async(lambda f: f.active == 1)
     second = simcord_env.backend.create_message(channel.id, alice.id, f"{mention} second")
+    third = simcord_env.backend.create_message(channel.id, alice.id, f"{mention} third")
     await simcord_env.settle()
-    assert len(fake_ollama.chat_requests) == 1
+
+    # The second was queued and answered in its turn; the third was not taken, and said so.
+    asked = [r["messages"][-1]["content"] for r in fake_ollama.chat_requests]
+    assert asked == ["alice: first", "alice: second"]
     reactions = [
-        r for r in simcord_env.http_requests if r.method == "PUT" and "/reactions/" in r.path
+        r.path for r in simcord_env.http_requests if r.method == "PUT" and "/reactions/" in r.path
     ]
-    assert len(reactions) == 1 and f"/messages/{second.id}/" in reactions[0].path
-    # Once answered, the same person may ask again.
-    await alice.send(channel, f"{mention} third")
-    assert len(fake_ollama.chat_requests) == 2
+    assert len(reactions) == 1 and f"/messages/{third.id}/reactions/" in reactions[0]
+    assert "⏳" not in reactions[0] and "%E2%8F%B3" not in reactions[0]
+    told = [
+        m.content for m in channel.history() if m.reference and m.reference.message_id == third.id
+    ]
+    assert told == [TOO_MANY_WAITING.format(count=2)]
+    assert any(m.reference and m.reference.message_id == second.id for m in channel.history())
+
+    # Told once an hour, not for every extra question.
+    fake_ollama.queue(Reply(tokens=SLOW, token_delay=0.02))
+    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} fourth")
+    assert await fake_ollama.wait_for_async(lambda f: f.active == 1)
+    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} fifth")
+    simcord_env.backend.create_message(channel.id, alice.id, f"{mention} sixth")
+    await simcord_env.settle()
+    assert sum(m.content == TOO_MANY_WAITING.format(count=2) for m in channel.history()) == 1
 
 
 @pytest.mark.bot_env(QUEUE_LIMIT="1")

@@ -78,6 +78,9 @@ def test_keep_alive_number_is_sent_as_a_number_not_a_string() -> None:
     [
         ("OLLAMA_URL", "localhost:11434"),
         ("OLLAMA_URL", "ftp://x"),
+        ("OLLAMA_URL", "http://localhost:abc"),
+        ("OLLAMA_URL", "http://localhost:99999"),
+        ("OLLAMA_URL", "http://:11434"),
         ("HISTORY_STORE", "postgres://x"),
         ("HISTORY_STORE", "sqlite:///"),
         ("EDIT_INTERVAL", "fast"),

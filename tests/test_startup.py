@@ -212,3 +212,56 @@ def test_a_normal_start_shows_no_voice_warnings_and_writes_the_log_file_too(
     for event in ("event=start", "event=ready", "event=shutdown"):
         assert event in bot.stderr and event in logged, event
     assert TOKEN not in logged
+
+
+def _not_a_database(tmp_path: Path) -> Path:
+    path = tmp_path / "history.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    return path
+
+
+def _a_directory(tmp_path: Path) -> Path:
+    path = tmp_path / "history-dir"
+    path.mkdir()
+    return path
+
+
+def _under_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("x")
+    return tmp_path / "a-file" / "history.db"  # its "directory" is a file: nothing can be made
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_not_a_database, "not a SQLite database"),
+        (_a_directory, "is a directory"),
+        (_under_a_file, "cannot be opened or created"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["bot", "console"])
+def test_a_history_store_that_cannot_be_used_stops_before_connecting(
+    tmp_path: Path, fake_ollama: FakeOllama, make: Any, says: str, mode: str
+) -> None:
+    path = make(tmp_path)
+    before = path.read_bytes() if path.is_file() else None
+    args = ("console",) if mode == "console" else ()
+    with (
+        FakeDiscord() as discord,
+        BotProcess(
+            tmp_path,
+            *args,
+            DISCORD_TOKEN=TOKEN,
+            OLLAMA_URL=fake_ollama.url,
+            OLLACORD_DISCORD_API=discord.api_url,
+            OLLACORD_DISCORD_GATEWAY=discord.gateway_url,
+            HISTORY_STORE=f"sqlite:///{path}",
+        ) as bot,
+    ):
+        assert bot.wait(30) == 2, bot
+        assert discord.requests == [] and discord.identifies == 0  # never connected
+    [line] = bot.err_lines("HISTORY_STORE")
+    assert str(path) in line and says in line, line
+    assert "Traceback" not in bot.stderr
+    if before is not None:
+        assert path.read_bytes() == before  # a damaged file is never overwritten

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import discord
 
@@ -21,6 +22,8 @@ from ..rate_limits import CURRENT_PRIORITY, Priority
 from ..reply_text import Controls
 from ..turn import UserMessage
 from ..user_messages import (
+    ATTACHMENTS_IGNORED,
+    ATTACHMENTS_NOT_READ,
     BUSY,
     BUTTON_EXPIRED,
     HINT,
@@ -30,14 +33,23 @@ from ..user_messages import (
     NOT_YOURS_TO_STOP,
     ONE_AT_A_TIME,
     RESTARTING,
+    TOO_MANY_WAITING,
 )
 from .buttons import ButtonPress
 from .ephemeral import tell
 from .intake import Question, conversation_id, is_for_me, question_from
 from .permissions import Permissions
-from .reply_target import DiscordReplySink, DiscordReplyTarget
+from .reply_target import PERMISSION_CODES, DiscordReplySink, DiscordReplyTarget
 
 log = logging.getLogger(__name__)
+
+# Questions one person may have waiting (or being answered) in one channel; they are answered
+# in order, with the same round-robin fairness as everyone's.
+PENDING_PER_PERSON = 2
+# On a question that will not be answered: "not taken" (⏳ would promise an answer).
+NOT_TAKEN_REACTION = "✋"
+# On a question whose answer Discord refused to show (a missing permission).
+UNDELIVERED_REACTION = "⚠️"
 
 
 class Answers:
@@ -57,6 +69,7 @@ class Answers:
         self.me = me
         # Only a channel's latest answer keeps its Regenerate button.
         self._latest_answer: dict[int, discord.Message] = {}
+        self._told_missing_permission: set[int] = set()
 
     # --- mentions ----------------------------------------------------------------------------
 
@@ -75,57 +88,97 @@ class Answers:
             return
         question = question_from(message, me)
         if not question.text:
-            await self.say(message, HINT.format(name=me.display_name if me else "bot"))
+            if question.attachments:
+                await self.say(message, ATTACHMENTS_NOT_READ)
+            else:
+                await self.say(message, HINT.format(name=me.display_name if me else "bot"))
             return
         queue = self.engine.queue
-        if queue.has_pending(question.conversation, question.author_id):
-            # One pending question per person and channel: acknowledge, never stay silent.
-            await self._acknowledge(message, ONE_AT_A_TIME)
+        if queue.pending(question.conversation, question.author_id) >= PENDING_PER_PERSON:
+            await self._too_many(message, question)
             return
         if queue.full():
             log.info("event=queue_full channel=%s waiting=%d", question.channel_id, queue.waiting)
-            await self._acknowledge(message, BUSY, reaction=None)
+            await self.say(message, BUSY)
             return
         await self._answer(message, question)
 
+    async def _too_many(self, message: discord.Message, question: Question) -> None:
+        """Beyond PENDING_PER_PERSON, a question is not queued. Its reaction says "not taken"
+        (never ⏳, which would promise an answer), and the person is told why once an hour."""
+        log.info(
+            "event=not_queued reason=too_many channel=%s user=%s",
+            question.channel_id,
+            question.author_id,
+        )
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction(NOT_TAKEN_REACTION)
+        if self.permissions.notices.should_tell("too_many", question.author_id):
+            await self.say(message, TOO_MANY_WAITING.format(count=PENDING_PER_PERSON))
+
     async def _answer(self, message: discord.Message, question: Question) -> None:
-        target = DiscordReplyTarget(message, self.metrics)
-        writer = self.scheduler.reply(question.channel_id, target)
-        sink = DiscordReplySink(writer, message.channel)
+        await self._reply(
+            DiscordReplyTarget(message, self.metrics),
+            message.channel,
+            question.conversation,
+            question.user_message(),
+            footer=ATTACHMENTS_IGNORED if question.attachments else None,
+            user_id=question.author_id,
+            ref=question.message_id,
+            log_fields=f"channel={question.channel_id} message={question.message_id} "
+            f"author={question.author_id}",
+        )
+
+    async def _reply(
+        self,
+        target: DiscordReplyTarget,
+        channel: discord.abc.Messageable,
+        conversation: str,
+        user_message: UserMessage,
+        *,
+        footer: str | None = None,
+        **respond: Any,
+    ) -> None:
+        """Stream the engine's answer into ``target``'s messages, then tidy up: the latest
+        answer keeps the Regenerate button; a refused reply leaves a reaction and a fix."""
+        channel_id = target.source.channel.id
+        writer = self.scheduler.reply(channel_id, target)
+        if target.messages:  # Regenerate: the earlier answer is what shows until replaced
+            shown = target.messages[0]
+            writer.shown = [shown.content] if shown is not None else []
+            writer.shown_controls = Controls.REGENERATE
+        # The earlier answer of a Regenerate stays readable while the new one waits its turn.
+        sink = DiscordReplySink(writer, channel, footer=footer, show_queue=not writer.shown)
         try:
-            await self.engine.respond(
-                question.conversation,
-                question.user_message(),
-                sink,
-                user_id=question.author_id,
-                ref=question.message_id,
-                log_fields=f"channel={question.channel_id} message={question.message_id} "
-                f"author={question.author_id}",
-            )
-            if writer.controls is Controls.REGENERATE and target.messages:
-                await self._latest_answer_is(question.channel_id, target.messages[0])
+            await self.engine.respond(conversation, user_message, sink, **respond)
         except Exception:
             # Not an Ollama failure (those are answered by the engine): a bug or Discord itself.
             # Log the traceback, and still tell the user something went wrong.
-            log.exception(
-                "event=reply_crashed channel=%s message=%s", question.channel_id, message.id
-            )
+            log.exception("event=reply_crashed channel=%s asked=%s", channel_id, target.asked)
             with contextlib.suppress(discord.HTTPException):
                 await writer.finish(INTERNAL_ERROR)
         finally:
             await sink.stop_typing()
+        if target.refused_code in PERMISSION_CODES:
+            await self._missing_permission(target.source, target.refused_code)
+        elif writer.controls is Controls.REGENERATE and writer.delivered and target.messages:
+            await self._latest_answer_is(channel_id, target.messages[0])
 
-    async def _acknowledge(
-        self, message: discord.Message, text: str, *, reaction: str | None = "⏳"
-    ) -> None:
-        """A reaction where it says enough (quiet), else a short reply."""
-        if reaction is not None:
-            try:
-                await message.add_reaction(reaction)
-                return
-            except discord.HTTPException:
-                pass  # no Add Reactions permission: say it in words
-        await self.say(message, text)
+    async def _missing_permission(self, message: discord.Message, code: int | None) -> None:
+        """The reply could not be posted: the asker sees a reaction on their question (if the
+        bot may react), the log says what to fix, once per channel."""
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction(UNDELIVERED_REACTION)
+        channel = message.channel.id
+        if channel not in self._told_missing_permission:
+            self._told_missing_permission.add(channel)
+            log.warning(
+                "event=missing_permission channel=%s code=%s fix='give the bot View Channel, "
+                "Send Messages (Send Messages in Threads for threads) and Read Message History "
+                "in this channel'",
+                channel,
+                code,
+            )
 
     async def say(self, message: discord.Message, text: str) -> None:
         """A one-message reply (hint, refusal, notice), sent through the scheduler like every
@@ -173,6 +226,8 @@ class Answers:
         channel = interaction.channel
         if not self.permissions.may_regenerate(interaction, press.asker):
             await tell(interaction, NOT_YOURS_TO_REGENERATE)
+        elif self.engine.closing:
+            await tell(interaction, RESTARTING)
         elif message is None or not isinstance(channel, discord.abc.Messageable):
             await tell(interaction, BUTTON_EXPIRED)
         elif self.engine.queue.has_pending(conversation, interaction.user.id):
@@ -201,34 +256,20 @@ class Answers:
             question = await channel.fetch_message(press.asked)
         except discord.HTTPException:
             question = None
-        target = DiscordReplyTarget(
-            question or message,
-            self.metrics,
-            asker=press.asker,
-            asked=press.asked,
-            existing=message,
+        # A refused Regenerate (no longer the latest) leaves the answer, without the button.
+        await self._reply(
+            DiscordReplyTarget(
+                question or message,
+                self.metrics,
+                asker=press.asker,
+                asked=press.asked,
+                existing=message,
+            ),
+            channel,
+            conversation_id(press.channel),
+            UserMessage(""),
+            user_id=user,
+            ref=press.asked,
+            regenerate=True,
+            log_fields=f"channel={press.channel} message={press.asked} author={user} regenerate=1",
         )
-        writer = self.scheduler.reply(press.channel, target)
-        writer.shown = [message.content]
-        writer.shown_controls = Controls.REGENERATE
-        sink = DiscordReplySink(writer, channel)
-        try:
-            outcome = await self.engine.respond(
-                conversation_id(press.channel),
-                UserMessage(""),
-                sink,
-                user_id=user,
-                ref=press.asked,
-                regenerate=True,
-                log_fields=f"channel={press.channel} message={press.asked} author={user} "
-                "regenerate=1",
-            )
-        finally:
-            await sink.stop_typing()
-        if outcome.status == "refused":
-            with contextlib.suppress(discord.HTTPException):
-                await message.edit(view=None)  # the button no longer applies
-        elif writer.controls is Controls.REGENERATE:
-            await self._latest_answer_is(
-                press.channel, target.messages[0] if target.messages else None
-            )

@@ -56,7 +56,16 @@ class OllacordTree(app_commands.CommandTree):
         typing (autocomplete) change nothing and are not checked."""
         if interaction.type is discord.InteractionType.autocomplete:
             return True
-        refusal = NO_CHANNEL if interaction.channel_id is None else await self._refusal(interaction)
+        try:
+            refusal = (
+                NO_CHANNEL if interaction.channel_id is None else await self._refusal(interaction)
+            )
+        except Exception:
+            # discord.py runs this check outside the command's error handling: a failure here
+            # (e.g. looking up a DM author's roles) would otherwise reach nobody.
+            log.exception("event=command_failed command=%s stage=check", _name(interaction))
+            await tell(interaction, INTERNAL_ERROR)
+            return False
         if refusal is None:
             return True
         log.info(

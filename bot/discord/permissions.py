@@ -43,11 +43,15 @@ PermissionCheck = Callable[[discord.Interaction], Awaitable[str | None]]
 
 @dataclass(frozen=True)
 class MessageRefusal:
-    """Why a message is not answered; ``tell`` is the sentence to send, or None to stay
+    """A message that is not answered; ``tell`` is the sentence to send, or None to stay
     silent (a channel the bot does not serve, or a person told less than an hour ago)."""
 
-    kind: str
     tell: str | None
+
+
+# Where the bot does not answer at all, whoever asks.
+CHANNEL_NOT_SERVED = "channel_not_served"
+DMS_NOT_SERVED = "dms_not_served"
 
 
 def channel_scope(channel: Any) -> list[int | None]:
@@ -82,23 +86,31 @@ class Permissions:
 
     async def check_message(self, message: discord.Message) -> MessageRefusal | None:
         """The allow and block lists for a message addressed to the bot. None: answer it."""
-        policy = self.policy
-        user = message.author.id
-        if message.guild is None:
-            if not policy.allow_dms:
-                return self._refuse(message, "dm_off", DMS_OFF)
-            verdict = policy.user_verdict(user, await self._dm_roles_if_needed(user))
-            if verdict is Verdict.ALLOWED:
-                return None
-            reason = DM_BLOCKED if verdict is Verdict.BLOCKED else DM_NOT_ALLOWED
-            return self._refuse(message, "dm_refused", reason)
-        if not policy.channel_allowed(channel_scope(message.channel)):
+        verdict = await self._talk(message.author, message.guild is not None, message.channel)
+        if verdict is Verdict.ALLOWED:
+            return None
+        if verdict == CHANNEL_NOT_SERVED:
             log.debug("event=ignored reason=channel channel=%s", message.channel.id)
-            return MessageRefusal("channel", None)
-        roles = frozenset(r.id for r in getattr(message.author, "roles", ()))
-        if policy.user_verdict(user, roles) is not Verdict.ALLOWED:
+            return MessageRefusal(None)  # silence: the bot does not serve this channel
+        if verdict == DMS_NOT_SERVED:
+            return self._refuse(message, "dm_off", DMS_OFF)
+        if message.guild is not None:
             return self._refuse(message, "refused", NOT_FOR_YOU)
-        return None
+        reason = DM_BLOCKED if verdict is Verdict.BLOCKED else DM_NOT_ALLOWED
+        return self._refuse(message, "dm_refused", reason)
+
+    async def _talk(self, user: discord.abc.User, in_guild: bool, channel: Any) -> Verdict | str:
+        """Whether ``user`` may talk to the bot in ``channel``: the lists' verdict, or why the
+        bot does not answer there at all (a channel it does not serve, DMs turned off)."""
+        if not in_guild:
+            if not self.policy.allow_dms:
+                return DMS_NOT_SERVED
+            roles = await self._dm_roles_if_needed(user.id)
+        else:
+            if not self.policy.channel_allowed(channel_scope(channel)):
+                return CHANNEL_NOT_SERVED
+            roles = frozenset(r.id for r in getattr(user, "roles", ()))
+        return self.policy.user_verdict(user.id, roles)
 
     def _refuse(self, message: discord.Message, kind: str, text: str) -> MessageRefusal:
         log.info(
@@ -108,9 +120,7 @@ class Permissions:
             message.author.id,
         )
         # A refused person is told once an hour, never for every message.
-        return MessageRefusal(
-            kind, text if self.notices.should_tell(kind, message.author.id) else None
-        )
+        return MessageRefusal(text if self.notices.should_tell(kind, message.author.id) else None)
 
     async def _dm_roles_if_needed(self, user: int) -> frozenset[int]:
         return await self.roles_in_shared_guilds(user) if self.policy.needs_roles else frozenset()
@@ -155,15 +165,10 @@ class Permissions:
             return True
         if self.policy.reset_requires_admin:
             return False
-        if interaction.guild is None:
-            if not self.policy.allow_dms:
-                return False
-            roles = await self._dm_roles_if_needed(interaction.user.id)
-        else:
-            if not self.policy.channel_allowed(channel_scope(interaction.channel)):
-                return False
-            roles = frozenset(r.id for r in getattr(interaction.user, "roles", ()))
-        return self.policy.user_verdict(interaction.user.id, roles) is Verdict.ALLOWED
+        verdict = await self._talk(
+            interaction.user, interaction.guild is not None, interaction.channel
+        )
+        return verdict is Verdict.ALLOWED
 
     async def admin_refusal(self, interaction: discord.Interaction) -> str | None:
         return None if self.is_admin(interaction) else NOT_ADMIN

@@ -4,7 +4,6 @@ until its first words, the typing indicator."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -14,6 +13,7 @@ from ..metrics import Metrics
 from ..rate_limits import CURRENT_PRIORITY, Priority
 from ..reply_text import Controls
 from ..reply_writer import ReplyWriter
+from ..turn import ReplyUndeliverable
 from .buttons import controls_view
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,18 @@ UNKNOWN_CHANNEL = 10003
 UNKNOWN_MESSAGE = 10008
 MISSING_ACCESS = 50001
 MISSING_PERMISSIONS = 50013
+ARCHIVED_THREAD = 50083
+LOCKED_THREAD = 160005
+# Refusals that no retry will change: the reply stops (and stores nothing).
+FOR_GOOD = {
+    UNKNOWN_CHANNEL: "the channel was deleted (10003)",
+    MISSING_ACCESS: "the bot cannot see this channel (50001)",
+    MISSING_PERMISSIONS: "the bot lacks a permission here, e.g. Send Messages (50013)",
+    ARCHIVED_THREAD: "the thread is archived (50083)",
+    LOCKED_THREAD: "the thread is locked (160005)",
+}
+# Refusals a channel's admins can fix by giving the bot a permission.
+PERMISSION_CODES = {MISSING_ACCESS, MISSING_PERMISSIONS}
 
 
 class DiscordReplyTarget:
@@ -50,28 +62,32 @@ class DiscordReplyTarget:
         self.asked = asked if asked is not None else source.id
         # Regenerate writes over the earlier answer's first message.
         self.messages: list[discord.Message | None] = [existing] if existing else []
+        self.refused_code: int | None = None  # Discord's code when it refused for good
 
     def _view(self, controls: Controls) -> discord.ui.View:
         return controls_view(controls, self.source.channel.id, self.asked, self.asker)
 
-    def _log(self, action: str, exc: discord.HTTPException, index: int) -> None:
+    def _failed(self, action: str, exc: discord.HTTPException, index: int) -> str | None:
+        """Log a failed update; the refusal's reason if no retry can help, else None."""
         if self.metrics:
             self.metrics.discord_failures.labels(kind=action).inc()
-        log.error(
-            "event=discord_%s_failed channel=%s index=%d status=%s code=%s cause=%r",
+        refused = FOR_GOOD.get(exc.code)
+        if refused is not None:
+            self.refused_code = exc.code
+        log.log(
+            logging.WARNING if refused else logging.ERROR,
+            "event=discord_%s_failed channel=%s index=%d status=%s code=%s cause=%r%s",
             action,
             self.source.channel.id,
             index,
             exc.status,
             exc.code,
             exc.text,
+            " outcome=reply_stopped" if refused else "",
         )
+        return refused
 
-    @staticmethod
-    def _fatal(exc: discord.HTTPException) -> bool:
-        return exc.code in (UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMISSIONS)
-
-    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | None:
+    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | str | None:
         # fail_if_not_exists=False: if the user deleted their message, still answer.
         reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
         extra: dict[str, Any] = {}
@@ -80,8 +96,7 @@ class DiscordReplyTarget:
         try:
             message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
         except discord.HTTPException as exc:
-            self._log("send", exc, index)
-            return False if self._fatal(exc) else None  # None: try again a little later
+            return self._failed("send", exc, index)  # None: try again a little later
         if self.metrics:
             self.metrics.discord_updates.labels(kind="send").inc()
         if index < len(self.messages):
@@ -90,7 +105,7 @@ class DiscordReplyTarget:
             self.messages.append(message)
         return True
 
-    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | None:
+    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | str | None:
         message = self.messages[index] if index < len(self.messages) else None
         if message is None:
             return await self.send(index, text, controls=controls)
@@ -99,16 +114,16 @@ class DiscordReplyTarget:
             extra["view"] = None if controls is Controls.NONE else self._view(controls)
         try:
             await message.edit(content=text, **extra)
-        except discord.NotFound as exc:
-            self._log("edit", exc, index)
+        except discord.HTTPException as exc:
             if exc.code == UNKNOWN_MESSAGE:
                 # Someone deleted the reply mid-stream: carry on in a new message.
+                if self.metrics:
+                    self.metrics.discord_failures.labels(kind="edit").inc()
+                channel = self.source.channel.id
+                log.info("event=reply_message_deleted channel=%s index=%d", channel, index)
                 self.messages[index] = None
                 return await self.send(index, text, controls=controls)
-            return False
-        except discord.HTTPException as exc:
-            self._log("edit", exc, index)
-            return False if self._fatal(exc) else None
+            return self._failed("edit", exc, index)
         if self.metrics:
             self.metrics.discord_updates.labels(kind="edit").inc()
         return True
@@ -116,15 +131,27 @@ class DiscordReplyTarget:
 
 class DiscordReplySink:
     """The engine's sink for a Discord reply: the writer (through the scheduler) plus the
-    typing indicator from the moment the request goes out until the first words show."""
+    typing indicator from the moment the request goes out until the first words show.
+    ``footer`` is a note the reply always ends with (e.g. that attachments were not read).
+    ``show_queue``: show the queue place while waiting (not over an answer being redone)."""
 
-    def __init__(self, writer: ReplyWriter, channel: discord.abc.Messageable) -> None:
+    def __init__(
+        self,
+        writer: ReplyWriter,
+        channel: discord.abc.Messageable,
+        *,
+        footer: str | None = None,
+        show_queue: bool = True,
+    ) -> None:
         self.writer = writer
         self.channel = channel
+        self.footer = footer
+        self.show_queue = show_queue
         self._typing: asyncio.Task[None] | None = None
 
     def queued(self, ahead: int) -> None:
-        self.writer.queued(ahead)
+        if self.show_queue:
+            self.writer.queued(ahead)
 
     async def started(self) -> None:
         self._typing = asyncio.create_task(self._keep_typing())
@@ -133,11 +160,17 @@ class DiscordReplySink:
         await self.stop_typing()
 
     async def feed(self, delta: str) -> None:
-        await self.writer.feed(delta)
+        try:
+            await self.writer.feed(delta)
+        except ReplyUndeliverable:
+            await self.stop_typing()
+            raise
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> None:
+    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
         await self.stop_typing()
-        await self.writer.finish(note, stored=stored)
+        if self.footer:
+            note = f"{note}\n{self.footer}" if note else self.footer
+        return await self.writer.finish(note, stored=stored)
 
     async def stop_typing(self) -> None:
         task, self._typing = self._typing, None
@@ -150,7 +183,11 @@ class DiscordReplySink:
         """Show "typing..." until the first words arrive (a cold model can take a minute).
         Lowest priority in the REST budget: under load, replies matter more than typing."""
         CURRENT_PRIORITY.set(Priority.STATUS)
-        with contextlib.suppress(discord.HTTPException):
+        try:
             while True:
                 await self.channel.typing()
                 await asyncio.sleep(TYPING_REFRESH_SECONDS)
+        except Exception as exc:  # typing is decoration: a failure must not end anything
+            log.info(
+                "event=typing_failed channel=%s cause=%r", getattr(self.channel, "id", "?"), exc
+            )

@@ -18,15 +18,15 @@ import aiohttp
 import discord
 import yarl
 
+from ..app import check_history_store
+from ..exit_codes import EXIT_CONFIG, EXIT_INTENTS_REFUSED, EXIT_OK, EXIT_TOKEN_REJECTED
+from ..history_store import StoreError
 from ..settings import Settings
 from ..user_messages import INTENTS_REFUSED, TOKEN_REJECTED
 from .client import OllacordBot, create_bot
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_TOKEN_REJECTED = 3
-EXIT_INTENTS_REFUSED = 4
 
 #: Seconds between start-up attempts while Discord cannot be reached; the last one repeats.
 RETRY_DELAYS = (5, 10, 20, 30, 60)
@@ -208,6 +208,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def run_discord(settings: Settings) -> int:
     """Start the bot, retrying with backoff while Discord cannot be reached; the exit code."""
+    try:
+        # A store that cannot be used stops the bot here, before it connects to Discord.
+        await check_history_store(settings)
+    except StoreError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     _use_test_discord()
     stop = _stop_on_signals()
     attempt = 0
