@@ -628,6 +628,17 @@ class FakeDiscord(ThreadedServer):
         self._call_in_loop(lambda: self._emit("CHANNEL_CREATE", channel))
         return channel_id
 
+    def delete_channel(self, channel_id: int) -> None:
+        """Delete a channel, as a server admin would (CHANNEL_DELETE is dispatched). From then
+        on every REST call about it gets 404 10003 Unknown Channel."""
+        with self._lock:
+            channel = self._channels.pop(channel_id)
+            guild_id = channel.get("guild_id")
+            if guild_id is not None:
+                self._guilds[int(guild_id)].channels.remove(channel_id)
+            self._channel_messages.pop(channel_id, None)
+        self._call_in_loop(lambda: self._emit("CHANNEL_DELETE", channel))
+
     def create_user(self, name: str, *, bot: bool = False, global_name: str | None = None) -> int:
         """Create a user and add them to every guild (GUILD_MEMBER_ADD needs the members
         intent, as on Discord)."""

@@ -210,6 +210,31 @@ def test_sigterm_while_a_summary_is_being_written_exits_cleanly(world: World) ->
     assert "cannot schedule new futures" not in out
 
 
+def test_a_channel_deleted_mid_reply_gets_at_most_one_more_request(world: World) -> None:
+    proc = world.start_bot()
+    world.ollama.queue(Reply(tokens=[f" w{i}" for i in range(400)], token_delay=0.05))
+    world.mention("talk for a long time")
+    assert eventually(lambda: len(world.bot_messages()) == 1), world.output(proc)
+
+    deleted_at = time.perf_counter()
+    world.discord.delete_channel(world.channel)
+    # Ollama stops generating (the stream is closed), so its slot is free again.
+    assert eventually(lambda: world.ollama.cancelled == 1, 15), world.output(proc)
+    time.sleep(1.5)  # room for any further update the bot might (wrongly) still try
+
+    after = [
+        r
+        for r in world.discord.requests
+        if r.time > deleted_at and r.path.startswith(f"/channels/{world.channel}/")
+    ]
+    print(f"requests to the deleted channel after its deletion: {len(after)}")
+    assert len(after) <= 1, [(r.method, r.path) for r in after]
+    out = world.output(proc)
+    assert out.count("outcome=undeliverable") == 1, out
+    assert "10003" in out and "Traceback" not in out
+    assert world.stored_turns() == []
+
+
 def test_kill_9_mid_reply_then_restart_keeps_completed_turns_and_answers(world: World) -> None:
     proc = world.start_bot()
     world.mention("remember the word apricot")
