@@ -8,11 +8,18 @@ with ``num_ctx`` 4096:
 
 * everything: send the whole history (Ollama drops the oldest messages silently once full);
 * slide: drop the oldest exchange whenever the prompt would not fit (exact token counts);
-* ours: the bot's real engine: prefix-stable window, folds with rolling summaries.
+* ours: the bot's real engine: prefix-stable window, folds with rolling summaries whose
+  requests reuse the cached prompt. Run twice: "idle" lets a summary started after a reply
+  finish before the next message (a pause between messages); "back-to-back" sends the next
+  message the moment the previous answer is complete (a lively channel, no idle time).
 
-Run by hand: ``.venv/bin/python -m bench.context`` (about half a minute). Prints, per strategy,
-the tokens re-evaluated per turn (median, p95, total) and whether a prompt ever went over the
-budget (``num_ctx`` minus the room kept for the reply).
+The fake's prompt cache keeps the generated answer too, as Ollama's runner does, so a prompt
+that repeats the previous answer evaluates only what follows it.
+
+Run by hand: ``.venv/bin/python -m bench.context`` (about a minute). Prints, per strategy,
+the tokens re-evaluated per turn (median, p95, total, summary calls included), the summary
+calls, the turns dropped from prompts without a summary, and whether a prompt ever went over
+the budget (``num_ctx`` minus the room kept for the reply).
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.chat_engine import ChatEngine
-from bot.context_window import SUMMARY_INSTRUCTION, make_budget
+from bot.context_window import SUMMARY_REQUEST_MARK, is_summary_request, make_budget
 from bot.history_store import MemoryHistoryStore
+from bot.metrics import Metrics
 from bot.ollama import OllamaClient
 from bot.settings import Settings
 from bot.turn import QuietEvents, UserMessage
@@ -109,6 +117,8 @@ class Result:
     evaluated: list[int] = field(default_factory=list)  # per user turn
     summary_calls: int = 0
     summary_evaluated: int = 0
+    summary_requested: int = 0  # prompt tokens those calls sent (cached ones included)
+    dropped: int = 0  # turns dropped from prompts without a summary
     max_prompt: int = 0
     over_budget: int = 0
     truncated: int = 0
@@ -118,8 +128,10 @@ class Result:
         p95 = values[min(len(values) - 1, int(0.95 * len(values)))]
         total = sum(values) + self.summary_evaluated
         extra = (
-            f" (+{self.summary_calls} summary calls, {self.summary_evaluated:,} tokens, included)"
-            if self.summary_calls
+            f" (+{self.summary_calls} summary calls: {self.summary_evaluated:,} tokens "
+            f"evaluated of {self.summary_requested:,} sent, included); "
+            f"turns dropped without a summary: {self.dropped}"
+            if self.name.startswith("ours")
             else ""
         )
         return (
@@ -136,7 +148,7 @@ def scripted_responder(conversation: Conversation, fake: FakeOllama) -> None:
     rng = random.Random(99)
 
     def respond(messages: list[dict[str, Any]]) -> str | Reply | None:
-        if messages and messages[0].get("content") == SUMMARY_INSTRUCTION:
+        if is_summary_request(messages):
             return "Summary: " + sentence(rng, 150)
         last = str(messages[-1].get("content", ""))
         index = int(last.split("question ", 1)[1].split(":", 1)[0])
@@ -173,32 +185,37 @@ async def run_plain(name: str, conversation: Conversation, budget: int, slide: b
     return result
 
 
-async def run_ours(conversation: Conversation, budget: int) -> Result:
-    result = Result("ours")
+async def run_ours(conversation: Conversation, budget: int, *, back_to_back: bool) -> Result:
+    result = Result("ours, back-to-back" if back_to_back else "ours, idle")
     with FakeOllama(context_length=NUM_CTX) as fake:
         scripted_responder(conversation, fake)
         settings = Settings.from_env(
             {"OLLAMA_URL": fake.url, "HISTORY_STORE": "memory://", "CONTEXT_TOKENS": str(NUM_CTX)}
         )
         client = OllamaClient(fake.url)
-        engine = ChatEngine(client, MemoryHistoryStore(), settings, clock=time.monotonic)
+        metrics = Metrics()
+        engine = ChatEngine(
+            client, MemoryHistoryStore(), settings, clock=time.monotonic, metrics=metrics
+        )
         for text in conversation.user:
-            before = len(fake.prompt_stats)
             outcome = await engine.respond("bench", UserMessage(text), NullSink())
             assert outcome.status == "ok", outcome
-            # Let a summary started after this reply finish before the next message, as it
-            # would in a real conversation's pause between messages.
-            await engine.context.settle_summaries()
-            for stats in fake.prompt_stats[before:]:
-                is_chat = stats.num_ctx == NUM_CTX and stats is fake.prompt_stats[before]
-                result.max_prompt = max(result.max_prompt, stats.requested)
-                result.truncated += stats.truncated
-                if is_chat:
-                    result.evaluated.append(stats.evaluated)
-                    result.over_budget += stats.requested > budget
-                else:
-                    result.summary_calls += 1
-                    result.summary_evaluated += stats.evaluated
+            if not back_to_back:
+                # A pause between messages: a summary started after this reply finishes.
+                await engine.context.settle_summaries()
+        await engine.context.settle_summaries()
+        for stats in fake.prompt_stats:
+            result.max_prompt = max(result.max_prompt, stats.requested)
+            result.truncated += stats.truncated
+            if stats.last_message.startswith(SUMMARY_REQUEST_MARK):
+                result.summary_calls += 1
+                result.summary_evaluated += stats.evaluated
+                result.summary_requested += stats.requested
+            else:
+                result.evaluated.append(stats.evaluated)
+                result.over_budget += stats.requested > budget
+        result.dropped = int(metrics.turns_dropped._value.get())
+        await engine.shutdown(grace=0, stop_note="")
         await client.close()
     return result
 
@@ -213,13 +230,18 @@ async def main(turns: int) -> None:
     results = [
         await run_plain("everything", conversation, budget, slide=False),
         await run_plain("slide", conversation, budget, slide=True),
-        await run_ours(conversation, budget),
+        await run_ours(conversation, budget, back_to_back=False),
+        await run_ours(conversation, budget, back_to_back=True),
     ]
     for result in results:
         print(result.line(budget))
-    slide, ours = results[1], results[2]
-    ratio = sum(slide.evaluated) / (sum(ours.evaluated) + ours.summary_evaluated)
-    print(f"slide re-evaluates {ratio:.1f}x the tokens ours does (summary calls included)")
+    slide = sum(results[1].evaluated)
+    for ours in results[2:]:
+        total = sum(ours.evaluated) + ours.summary_evaluated
+        print(
+            f"{ours.name}: {total:,} tokens re-evaluated (summary calls included) = "
+            f"{total / slide:.3f} of the one-turn sliding window's {slide:,}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .background import Background
 from .chat_engine import ChatEngine
 from .clock import Clock
 from .health import HealthServer
@@ -60,7 +61,7 @@ class Services:
     engine: ChatEngine
     health: HealthServer | None = None
     gateway_up: Callable[[], bool] | None = None
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    background: Background = field(default_factory=Background)
     _closed: bool = False
 
     @classmethod
@@ -96,12 +97,6 @@ class Services:
             )
         return services
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background until it ends or :meth:`close` cancels it."""
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def start_health(self) -> None:
         """Serve /healthz and /metrics. A taken port is logged with the fix; the bot itself
         still works, so it goes on without them."""
@@ -119,7 +114,7 @@ class Services:
             self.health = None
         else:
             # Only with metrics exposed: a timer that never stops would keep SimCord busy.
-            self.spawn(self.metrics.watch_event_loop())
+            self.background.spawn(self.metrics.watch_event_loop())
 
     async def health_status(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when the gateway is connected and the store answers; Ollama is reported
@@ -146,11 +141,9 @@ class Services:
             return
         self._closed = True
         self.engine.closing = True  # no new turns, no new background work
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.background.close()
         try:
-            await self.engine.stop_background()
+            await self.engine.background.close()
             if self.health is not None:
                 await self.health.stop()
         finally:

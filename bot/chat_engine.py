@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from .answer_stream import AnswerStream
+from .background import Background
 from .clock import Clock
 from .context_keeper import ContextKeeper, Prepared
 from .history_store import ConversationState, HistoryStore, Turn
@@ -71,19 +72,11 @@ class ChatEngine:
         self.queue = FairQueue(settings.max_concurrent, settings.queue_limit)
         self._turns: dict[asyncio.Task[Any], RunningTurn] = {}  # waiting or running
         self._running: dict[str, RunningTurn] = {}  # the one running, per conversation
-        self.context = ContextKeeper(ollama, store, settings)
+        self.context = ContextKeeper(ollama, store, settings, queue=self.queue, metrics=metrics)
         self._answer = AnswerStream(ollama, settings, clock, metrics)
         self._end = TurnEnd(store, clock, metrics)
-        self._spawned: set[asyncio.Task[None]] = set()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-        if self.closing:  # shutting down: background work would outlive the store
-            coro.close()
-            return None
-        task = asyncio.create_task(coro)
-        self._spawned.add(task)
-        task.add_done_callback(self._spawned.discard)
-        return task
+        # Summaries: they can run again after a restart, and none may outlive the store.
+        self.background = Background()
 
     async def conversation_settings(self, conversation: str) -> tuple[ConversationState, str, str]:
         """The state, the model and the system prompt that apply to ``conversation``."""
@@ -155,8 +148,6 @@ class ChatEngine:
         self._running[turn.conversation] = turn
         if self.metrics:
             self.metrics.requests_in_flight.inc()
-        self.context.reply_started()
-        outcome: ReplyOutcome | None = None
         try:
             prepared = await self._plan(turn)
             if isinstance(prepared, Refusal):
@@ -176,13 +167,14 @@ class ChatEngine:
             # Ollama is done with this reply: let the next one start while Discord catches up.
             ticket.release_slot()
             if turn.keep_partial:
-                outcome = await self._end.end(turn, "stopped")
-            elif not turn.text.strip():
-                outcome = await self._end.end(turn, "empty")
-            else:
-                status = "length" if turn.done_reason == "length" else "ok"
-                outcome = await self._end.end(turn, status)
-                self.context.observe(prepared, turn.stats)
+                return await self._end.end(turn, "stopped")
+            if not turn.text.strip():
+                return await self._end.end(turn, "empty")
+            status = "length" if turn.done_reason == "length" else "ok"
+            outcome = await self._end.end(turn, status)
+            self.context.observe(prepared, turn.stats)
+            if outcome.stored:
+                await self._prepare_fold(turn.conversation)
             return outcome
         except asyncio.CancelledError:
             # Reset or shutdown: the turn ends here, with its note, and stores nothing (unless
@@ -196,34 +188,54 @@ class ChatEngine:
                 self.metrics.requests_in_flight.dec()
             if self._running.get(turn.conversation) is turn:
                 del self._running[turn.conversation]
-            stored = outcome is not None and outcome.stored
-            # Summaries run when no reply is waiting for Ollama.
-            self.context.reply_ended(turn.conversation if stored else None, self._spawn)
+
+    async def _prepare_fold(self, conversation: str) -> None:
+        """After a stored reply, start preparing the next fold if the prompt is getting full
+        (the summary is then ready before a turn needs it)."""
+        try:
+            await self.context.summaries.after_reply(conversation, self.background.spawn)
+        except Exception:  # the reply is done; a summary can be prepared next time
+            log.exception("event=summary conversation=%s outcome=not_prepared", conversation)
 
     async def _plan(self, turn: RunningTurn) -> Prepared | Refusal:
-        state, turn.model, system_prompt = await self.conversation_settings(turn.conversation)
-        turn.epoch = state.epoch
+        """The turn's prompt. If it does not fit, the oldest turns are folded into the summary
+        first (waiting for it), and it is planned again."""
+        for may_drop in (False, True):
+            state, turn.model, system_prompt = await self.conversation_settings(turn.conversation)
+            turn.epoch = state.epoch
+            turns = await self._history(turn, state)
+            if isinstance(turns, Refusal):
+                return turns
+            assert turn.user_turn is not None
+            prepared = await self.context.prepare(
+                turn.conversation,
+                state,
+                turn.model,
+                system_prompt,
+                turns,
+                turn.user_turn,
+                may_drop=may_drop,
+            )
+            if not prepared.needs_fold:
+                break
+            await self.context.summaries.fold_now(turn.conversation)
+        if prepared.refusal is not None:
+            return Refusal("context", prepared.refusal)
+        return prepared
+
+    async def _history(self, turn: RunningTurn, state: ConversationState) -> list[Turn] | Refusal:
+        """The window's turns before this one (for Regenerate: before the exchange it redoes)."""
         turns = await self.store.load(turn.conversation, after=state.window_start)
         turn.user_turn = Turn("user", turn.message.prompt_text(), ref=turn.ref)
         if turn.regenerate:
             # Only the latest exchange can be answered again: it is replaced on success.
-            last = turns[-2:]
-            if not (
-                len(last) == 2
-                and last[0].role == "user"
-                and last[0].ref == turn.ref
-                and last[1].role == "assistant"
-            ):
+            latest = latest_exchange(turns)
+            if latest is None or latest[0].ref != turn.ref:
                 return Refusal("not_latest", None)  # the earlier answer stays as it is
-            turn.replacing = [t.id for t in last]
-            turn.user_turn = Turn("user", last[0].content, ref=turn.ref)
+            turn.replacing = [t.id for t in latest]
+            turn.user_turn = Turn("user", latest[0].content, ref=turn.ref)
             turns = turns[:-2]
-        prepared = await self.context.prepare(
-            turn.conversation, state, turn.model, system_prompt, turns, turn.user_turn
-        )
-        if prepared.refusal is not None:
-            return Refusal("context", prepared.refusal)
-        return prepared
+        return turns
 
     # --- controls ----------------------------------------------------------------------------
 
@@ -246,10 +258,8 @@ class ChatEngine:
     async def latest_question(self, conversation: str) -> int | None:
         """The Discord message id of the question whose answer is the conversation's latest."""
         state = await self.store.get_state(conversation)
-        turns = (await self.store.load(conversation, after=state.window_start))[-2:]
-        if len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant":
-            return turns[0].ref
-        return None
+        latest = latest_exchange(await self.store.load(conversation, after=state.window_start))
+        return latest[0].ref if latest is not None else None
 
     def stop(self, conversation: str, ref: int) -> bool:
         """Stop the reply to message ``ref`` (Stop button): it keeps what it wrote, also in
@@ -266,19 +276,17 @@ class ChatEngine:
         """Take no new turns; let replies in flight finish for up to ``grace`` seconds, then
         stop the rest with ``stop_note`` (their history is left as it was before them)."""
         self.closing = True
-        await self.stop_background()
+        await self.background.close()
         pending = {task for task in self._turns if not task.done()}
         if pending:
             await _stop_replies(self._turns, pending, grace, stop_note)
-        # Replies that finished during the grace period may have started summaries.
-        await self.stop_background()
 
-    async def stop_background(self) -> None:
-        """Cancel background work (summaries): it can run again after a restart, and none
-        may outlive the store."""
-        for task in list(self._spawned):
-            task.cancel()
-        await asyncio.gather(*self._spawned, return_exceptions=True)
+
+def latest_exchange(turns: list[Turn]) -> tuple[Turn, Turn] | None:
+    """The conversation's last question and its answer, if it ends with one."""
+    if len(turns) >= 2 and turns[-2].role == "user" and turns[-1].role == "assistant":
+        return turns[-2], turns[-1]
+    return None
 
 
 def _input_refusal(

@@ -15,9 +15,11 @@ from typing import Any
 
 from .context_window import Budget, TokenEstimator, make_budget, plan_fold, summary_message
 from .history_store import ConversationState, HistoryStore, Turn
+from .metrics import Metrics
 from .ollama import OllamaClient, OllamaError
+from .request_queue import FairQueue
 from .settings import Settings
-from .summaries import Spawn, Summaries
+from .summaries import Summaries
 from .user_messages import TOO_LONG_FOR_CONTEXT
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class Prepared:
     estimate: int
     window_turns: int
     refusal: str | None = None
+    needs_fold: bool = False  # it does not fit: fold (with a summary) and plan again
 
 
 class ContextKeeper:
@@ -44,21 +47,18 @@ class ContextKeeper:
         ollama: OllamaClient,
         store: HistoryStore,
         settings: Settings,
+        *,
+        queue: FairQueue,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ollama = ollama
         self.store = store
         self.settings = settings
+        self.metrics = metrics
         self._context_lengths: dict[str, int | None] = {}
         self.estimators: dict[str, TokenEstimator] = {}
         self._last_prompt: dict[str, list[dict[str, str]]] = {}
-        self.summaries = Summaries(self, ollama, store, settings)
-
-    # Summaries run in the background; the engine tells them when replies start and end.
-    def reply_started(self) -> None:
-        self.summaries.reply_started()
-
-    def reply_ended(self, conversation: str | None, spawn: Spawn) -> None:
-        self.summaries.reply_ended(conversation, spawn)
+        self.summaries = Summaries(self, ollama, store, settings, queue=queue, metrics=metrics)
 
     async def settle_summaries(self) -> None:
         """Wait for background summaries (tests, benchmarks)."""
@@ -105,9 +105,12 @@ class ContextKeeper:
         system_prompt: str,
         turns: Sequence[Turn],
         user_turn: Turn,
+        *,
+        may_drop: bool = False,
     ) -> Prepared:
-        """The prompt for this turn. Folds now (dropping a block whose summary follows in the
-        background) only if the early fold did not happen in time."""
+        """The prompt for this turn. When it does not fit, ``needs_fold`` asks for a fold (with
+        its summary) first; only with ``may_drop`` (after a fold that left too little room)
+        are more of the oldest turns dropped without one."""
         budget = await self.budget(model)
         estimator = self.estimator(model)
         fixed = self.fixed_messages(system_prompt, state.summary)
@@ -126,19 +129,23 @@ class ContextKeeper:
                 refusal=TOO_LONG_FOR_CONTEXT.format(num_ctx=budget.num_ctx),
             )
         drop = plan_fold(fixed_tokens, turn_tokens, new_tokens, budget)
+        if drop and not may_drop:
+            return Prepared(model, [], options, budget, 0, len(turns), needs_fold=True)
         if drop:
             new_start = turns[drop - 1].id
-            log.info(
-                "event=fold conversation=%s mode=drop_now turns=%d reason='no room left'",
+            log.warning(
+                "event=fold conversation=%s outcome=dropped turns=%d cause='no room left "
+                "beside the summary and the new message'",
                 conversation,
                 drop,
             )
-            state = await self.store.update_state(
+            if self.metrics:
+                self.metrics.turns_dropped.inc(drop)
+            await self.store.update_state(
                 conversation, lambda s: replace(s, window_start=max(s.window_start, new_start))
             )
             turns = turns[drop:]
             turn_tokens = turn_tokens[drop:]
-            self.summaries.want(conversation)
         messages = [*fixed, *(t.as_message() for t in turns), user_turn.as_message()]
         estimate = fixed_tokens + sum(turn_tokens) + new_tokens
         return Prepared(model, messages, options, budget, estimate, len(turns))
@@ -186,7 +193,8 @@ class ContextKeeper:
         return {
             "model": model,
             "turns": len(turns),
-            "summary": bool(state.summary),
+            "summary": state.summary,
+            "summary_at": state.summary_at,
             "tokens_used": used,
             "budget": budget.prompt,
             "num_ctx": budget.num_ctx,

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 
 # Below this, a budget is too small to hold a conversation at all.
 MIN_BUDGET = 256
+# Shares of the prompt budget: a fold is prepared once the prompt passes FOLD_MARK, and brings
+# it down to FOLD_TARGET. Big blocks make folds rare (each one costs the prompt after the new
+# summary, evaluated again); preparing early gives the summary time to be ready.
+FOLD_MARK = 0.7
+FOLD_TARGET = 0.25
 
 
 @dataclass
@@ -73,9 +78,14 @@ class Budget:
 
     @property
     def target(self) -> int:
-        """Where a fold brings the prompt down to: half the budget leaves room for many turns
-        before the next fold."""
-        return self.prompt // 2
+        """Where a fold brings the prompt down to: a quarter of the budget (the most recent
+        exchanges) leaves room for many turns before the next fold, so folds are rare."""
+        return int(self.prompt * FOLD_TARGET)
+
+    @property
+    def fold_mark(self) -> int:
+        """Past this, a fold is prepared in the background, well before a turn needs it."""
+        return int(self.prompt * FOLD_MARK)
 
 
 def make_budget(
@@ -116,36 +126,41 @@ def plan_fold(fixed: int, turns: Sequence[int], new: int, budget: Budget) -> int
     return tokens_to_fit(fixed, turns, new, budget.prompt)
 
 
-def plan_early_fold(fixed: int, turns: Sequence[int], next_message: int, budget: Budget) -> int:
-    """After a reply: turns worth summarising now, in the background, because a typical next
-    message (``next_message`` tokens) would no longer fit. 0 when there is room."""
-    return plan_fold(fixed, turns, next_message, budget)
+def plan_fold_ahead(fixed: int, turns: Sequence[int], budget: Budget) -> int:
+    """After a reply: how many of the oldest turns to fold now, in the background, so that
+    the summary is ready before a turn needs it. 0 while the prompt is under the fold mark."""
+    if fixed + sum(turns) <= budget.fold_mark:
+        return 0
+    return tokens_to_fit(fixed, turns, 0, budget.target)
 
 
-SUMMARY_INSTRUCTION = (
-    "You maintain a running summary of a chat between users and an AI assistant. Given the "
-    "previous summary (if any) and the next part of the conversation, write an updated summary "
-    "that keeps every fact, name, decision, open question and preference that later replies "
-    "may need, and drops small talk. Write at most 200 words, in the third person, as plain "
-    "text. Reply with the summary only."
-)
+# The summary request repeats the conversation's prompt (so Ollama's prompt cache holds all of
+# it) and ends with one instruction; this is how that instruction begins.
+SUMMARY_REQUEST_MARK = "(A note for your own memory, not part of the conversation.)"
 
 
-def summary_request(previous: str, turns: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    """The messages of the summarisation call."""
-    lines = []
-    for turn in turns:
-        speaker = "Assistant" if turn.get("role") == "assistant" else "User"
-        lines.append(f"{speaker}: {turn.get('content', '')}")
-    parts = []
-    if previous:
-        parts.append(f"Previous summary:\n{previous}")
-    parts.append("Next part of the conversation:\n" + "\n\n".join(lines))
-    parts.append("Write the updated summary.")
-    return [
-        {"role": "system", "content": SUMMARY_INSTRUCTION},
-        {"role": "user", "content": "\n\n".join(parts)},
-    ]
+def summary_instruction(
+    block: int, last_of_block: str, *, has_summary: bool, max_words: int = 200
+) -> dict[str, str]:
+    """The last message of a summary request: update the summary with the first ``block``
+    messages after it (up to the one that begins with ``last_of_block``)."""
+    snippet = " ".join(last_of_block.split())[:60]
+    earlier = "the earlier summary above and " if has_summary else ""
+    return {
+        "role": "user",
+        "content": (
+            f"{SUMMARY_REQUEST_MARK} Write a new summary of this conversation that covers "
+            f"{earlier}its first {block} messages, up to and including the one that begins "
+            f'"{snippet}". Those messages will be removed; later ones stay as they are, so '
+            "leave them out. Keep every fact, name, number, decision, open question and "
+            f"preference a later answer may need; drop small talk. At most {max_words} words, "
+            "in the third person, plain text. Reply with the summary only."
+        ),
+    }
+
+
+def is_summary_request(messages: Sequence[Mapping[str, str]]) -> bool:
+    return bool(messages) and messages[-1].get("content", "").startswith(SUMMARY_REQUEST_MARK)
 
 
 def summary_message(summary: str) -> dict[str, str]:

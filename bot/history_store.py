@@ -40,7 +40,8 @@ class ConversationState:
     Turns with ``id > window_start`` are in the context window. Turns up to ``summary_upto``
     are covered by ``summary``; turns between the two were dropped from the window and wait
     to be summarised. ``model`` and ``system_prompt`` override the defaults when set.
-    ``epoch`` counts resets (see the module docstring).
+    ``epoch`` counts resets (see the module docstring). ``summary_at``: when the summary was
+    last written (Unix time; 0 if never).
     """
 
     summary: str = ""
@@ -49,6 +50,7 @@ class ConversationState:
     model: str | None = None
     system_prompt: str | None = None
     epoch: int = 0
+    summary_at: float = 0.0
 
 
 class StoreError(Exception):

@@ -52,6 +52,17 @@ class Metrics:
         self.ollama_errors = Counter(
             "ollacord_ollama_errors", "Ollama failures by kind", ["kind"], registry=r
         )
+        self.summaries = Counter(
+            "ollacord_summaries",
+            "Rolling summaries by outcome (summarised, failed, stale)",
+            ["outcome"],
+            registry=r,
+        )
+        self.turns_dropped = Counter(
+            "ollacord_context_turns_dropped",
+            "Turns dropped from prompts without a summary (Ollama could not write one)",
+            registry=r,
+        )
         self.requests_waiting = Gauge(
             "ollacord_requests_waiting",
             "Messages waiting for an earlier reply in the same channel",

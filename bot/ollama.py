@@ -275,14 +275,13 @@ class OllamaClient:
         *,
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
+        think: bool | None = False,
     ) -> tuple[str, Mapping[str, int]]:
-        """A non-streamed ``/api/chat`` (#non-stream): the whole answer at once, and its metrics."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": list(messages),
-            "stream": False,
-            "think": False,
-        }
+        """A non-streamed ``/api/chat`` (#non-stream): the whole answer at once, and its metrics.
+        ``think`` as for :meth:`chat` (None: the server's default)."""
+        body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": False}
+        if think is not None:
+            body["think"] = think
         if options:
             body["options"] = dict(options)
         if keep_alive is not None:

@@ -5,6 +5,11 @@ At most ``MAX_CONCURRENT`` replies talk to Ollama at once (Ollama's default
 are served round-robin across conversations, so one busy channel cannot starve the others,
 and in order within each conversation, one at a time, so its history stays consistent.
 
+Background work (rolling summaries) waits in the same queue, in lanes of its own, at a low
+priority: a slot goes to a waiting reply first, but a background ticket passed over
+:data:`BACKGROUND_PATIENCE` times goes next, so under steady load it is delayed, never
+starved, and never cancelled by a reply.
+
 Pure bookkeeping plus futures: no timers, no I/O.
 """
 
@@ -16,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PositionCallback = Callable[[int], None]
+
+# A background ticket is served after this many slots went to replies while it waited.
+BACKGROUND_PATIENCE = 2
 
 
 @dataclass(eq=False)
@@ -33,6 +41,8 @@ class Ticket:
     holds_slot: bool = False
     finished: bool = False
     position: int | None = None
+    background: bool = False  # work that yields to replies (a summary), not a user's reply
+    passed_over: int = 0  # slots granted to others while this background ticket waited
 
     async def wait(self) -> None:
         """Until it is this reply's turn. Cancelling it leaves the queue cleanly."""
@@ -72,7 +82,8 @@ class FairQueue:
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+        """Replies waiting (background work is not counted: it is nobody's question)."""
+        return sum(not t.background for q in self._waiting.values() for t in q)
 
     @property
     def active(self) -> int:
@@ -93,13 +104,21 @@ class FairQueue:
         return self.pending(conversation, user) > 0
 
     def enter(
-        self, conversation: str, user: int | None, on_position: PositionCallback | None = None
+        self,
+        conversation: str,
+        user: int | None,
+        on_position: PositionCallback | None = None,
+        *,
+        background: bool = False,
     ) -> Ticket:
-        ticket = Ticket(self, conversation, user, on_position)
-        queue = self._waiting.setdefault(conversation, deque())
+        """A place in ``conversation``'s lane. Background work gets a lane of its own (it must
+        not hold up the conversation's replies) and a low priority."""
+        lane = f"{conversation}\x00background" if background else conversation
+        ticket = Ticket(self, lane, user, on_position, background=background)
+        queue = self._waiting.setdefault(lane, deque())
         queue.append(ticket)
-        if conversation not in self._turns:
-            self._turns.append(conversation)
+        if lane not in self._turns:
+            self._turns.append(lane)
         self._dispatch()
         return ticket
 
@@ -112,8 +131,8 @@ class FairQueue:
         return [c for _, c in ranked]
 
     def order(self) -> list[Ticket]:
-        """Waiting tickets in the order they will be served: rounds over the conversations."""
-        queues = [list(self._waiting[c]) for c in self._rounds()]
+        """Waiting replies in the order they will be served: rounds over the conversations."""
+        queues = [list(self._waiting[c]) for c in self._rounds() if not self._is_background(c)]
         ordered: list[Ticket] = []
         depth = 0
         while any(depth < len(q) for q in queues):
@@ -121,13 +140,37 @@ class FairQueue:
             depth += 1
         return ordered
 
+    def _is_background(self, lane: str) -> bool:
+        head = self._head(lane)
+        return head is not None and head.background
+
+    def _head(self, lane: str) -> Ticket | None:
+        queue = self._waiting.get(lane)
+        return queue[0] if queue else None
+
+    def _next_lane(self) -> str | None:
+        """Round-robin over the lanes that may start now: replies first, unless a background
+        ticket has been passed over often enough."""
+        free = [c for c in self._rounds() if c not in self._active]
+        heads = {c: self._head(c) for c in free}
+        overdue = [
+            c
+            for c, head in heads.items()
+            if head is not None and head.background and head.passed_over >= BACKGROUND_PATIENCE
+        ]
+        replies = [c for c, head in heads.items() if head is not None and not head.background]
+        return next(iter(overdue or replies or free), None)
+
     def _dispatch(self) -> None:
         while self._slots_used < self.slots:
-            conversation = next((c for c in self._rounds() if c not in self._active), None)
+            conversation = self._next_lane()
             if conversation is None:
                 break
             queue = self._waiting[conversation]
             ticket = queue.popleft()
+            for lane, waiting in self._waiting.items():
+                if lane != conversation and waiting and waiting[0].background:
+                    waiting[0].passed_over += 1
             if not queue:
                 del self._waiting[conversation]
                 self._turns.remove(conversation)

@@ -34,21 +34,19 @@ CREATE TABLE IF NOT EXISTS conversations (
     model TEXT,
     system_prompt TEXT,
     updated_at REAL NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0
+    epoch INTEGER NOT NULL DEFAULT 0,
+    summary_at REAL NOT NULL DEFAULT 0
 );
 """
 
 # Columns added after the first release, for databases created before them.
 _MIGRATIONS = (
-    ("turns", "ref", "ALTER TABLE turns ADD COLUMN ref INTEGER"),
-    (
-        "conversations",
-        "epoch",
-        "ALTER TABLE conversations ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
-    ),
+    ("turns", "ref", "INTEGER"),
+    ("conversations", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("conversations", "summary_at", "REAL NOT NULL DEFAULT 0"),
 )
 
-_STATE_COLUMNS = "summary, summary_upto, window_start, model, system_prompt, epoch"
+_STATE_COLUMNS = "summary, summary_upto, window_start, model, system_prompt, epoch, summary_at"
 
 
 class SqliteHistoryStore:
@@ -75,10 +73,10 @@ class SqliteHistoryStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
-                for table, column, statement in _MIGRATIONS:
+                for table, column, kind in _MIGRATIONS:
                     columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                     if column not in columns:
-                        db.execute(statement)
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             except BaseException:
                 db.close()
                 raise
@@ -200,11 +198,12 @@ class SqliteHistoryStore:
     def _write_state(db: sqlite3.Connection, conversation: str, state: ConversationState) -> None:
         db.execute(
             f"INSERT INTO conversations (conversation, {_STATE_COLUMNS}, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (conversation) DO UPDATE SET summary = excluded.summary, "
             "summary_upto = excluded.summary_upto, window_start = excluded.window_start, "
             "model = excluded.model, system_prompt = excluded.system_prompt, "
-            "epoch = excluded.epoch, updated_at = excluded.updated_at",
+            "epoch = excluded.epoch, summary_at = excluded.summary_at, "
+            "updated_at = excluded.updated_at",
             (
                 conversation,
                 state.summary,
@@ -213,6 +212,7 @@ class SqliteHistoryStore:
                 state.model,
                 state.system_prompt,
                 state.epoch,
+                state.summary_at,
                 time.time(),
             ),
         )

@@ -1,21 +1,35 @@
-"""Rolling summaries of a conversation's older turns, written by the model in the background.
+"""Rolling summaries: folding a conversation's oldest turns into its summary, written by the
+model, at almost no cost to Ollama.
 
-When a conversation is about to outgrow its budget, the oldest block of turns is folded into the
-summary (see :mod:`bot.context_window`). Summaries run when no reply needs Ollama; a reply that
-starts postpones them.
+* **Cheap.** A summary request is the conversation's current prompt, in the same bytes as its
+  last chat request (system, summary so far, the window's turns, the latest answer included),
+  followed by one short instruction. Ollama's prompt cache already holds all of that, so it
+  evaluates only the instruction; ``num_ctx`` and the options are the chat's, so the model is
+  not reloaded.
+* **Work, not decoration.** A fold is prepared once the prompt passes the fold mark, well
+  before a turn needs it, as a low-priority job in the same fair queue as replies: replies go
+  first, but a waiting job is served after a few of them, so it never starves and no reply
+  cancels it. A turn that needs the fold now waits for the job (or writes the summary itself,
+  in its own slot, if the job has not started), for at most :data:`SUMMARY_WAIT` seconds.
+* **Nothing is forgotten silently.** A block leaves the prompt only with its summary, unless
+  Ollama failed to write one: then it is dropped, the log says why and a metric counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .context_window import Budget, plan_early_fold, summary_request
+from .clock import Clock
+from .context_window import Budget, plan_fold_ahead, summary_instruction, tokens_to_fit
 from .history_store import ConversationState, HistoryStore, Turn
+from .metrics import Metrics
 from .ollama import OllamaClient, OllamaError
+from .request_queue import FairQueue
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -26,78 +40,182 @@ log = logging.getLogger(__name__)
 # Starts a background task; None when the engine is shutting down and takes no new work.
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None] | None"]
 
-# Room planned for the next user message when deciding to fold early: a tenth of the budget
-# (a long message still fits; an unusually long one makes the fold happen then instead).
-NEXT_MESSAGE_SHARE = 0.1
-# The summarisation call may write this many tokens at most (the instruction asks for 200 words).
+# The summary may be this many tokens at most (the instruction asks for 200 words).
 SUMMARY_TOKENS = 400
+# How long a turn that needs a fold waits for its summary before dropping the block instead.
+SUMMARY_WAIT = 120.0
+
+
+@dataclass
+class _Job:
+    task: asyncio.Task[None] | None = None
+    started: bool = False  # it holds a slot and is asking Ollama
+
+
+@dataclass
+class _Window:
+    """A conversation's prompt as it stands, and the fold that would bring it to target."""
+
+    state: ConversationState
+    model: str
+    budget: Budget
+    fixed: list[dict[str, str]]
+    turns: list[Turn]
+    fold: int  # how many of the oldest turns a fold takes in (0: none)
+
+    @property
+    def block_end(self) -> int:
+        return self.turns[self.fold - 1].id
 
 
 class Summaries:
-    """Folds old turns into each conversation's summary, one background task per conversation."""
+    """Prepares folds in the background and performs them when a turn needs them."""
 
     def __init__(
-        self, context: ContextKeeper, ollama: OllamaClient, store: HistoryStore, settings: Settings
+        self,
+        context: ContextKeeper,
+        ollama: OllamaClient,
+        store: HistoryStore,
+        settings: Settings,
+        *,
+        queue: FairQueue,
+        metrics: Metrics | None = None,
+        wall_clock: Clock = time.time,
     ) -> None:
         self.context = context
         self.ollama = ollama
         self.store = store
         self.settings = settings
-        self._summaries: dict[str, asyncio.Task[None]] = {}
-        self._wanted: set[str] = set()
-        self._replies_running = 0
+        self.queue = queue
+        self.metrics = metrics
+        self.wall_clock = wall_clock
+        self._jobs: dict[str, _Job] = {}
 
-    def reply_started(self) -> None:
-        """A reply is starting: Ollama should work on it, not on a summary. Summaries in
-        flight are stopped and run again when replies are done."""
-        self._replies_running += 1
-        for conversation, task in list(self._summaries.items()):
-            if not task.done():
-                task.cancel()
-                self._wanted.add(conversation)
+    # --- the engine's two hooks --------------------------------------------------------------
 
-    def reply_ended(self, conversation: str | None, spawn: Spawn) -> None:
-        self._replies_running -= 1
-        if conversation is not None:
-            self._wanted.add(conversation)
-        if self._replies_running == 0:
-            for wanted in sorted(self._wanted):
-                if wanted not in self._summaries:
-                    task = spawn(self._summarize(wanted))
-                    if task is not None:
-                        self._summaries[wanted] = task
-            self._wanted.clear()
+    async def after_reply(self, conversation: str, spawn: Spawn) -> None:
+        """A reply was stored: if the prompt has passed the fold mark, prepare the fold."""
+        if conversation in self._jobs:
+            return
+        window = await self._window(conversation, ahead=True)
+        if not window.fold or conversation in self._jobs:
+            return
+        job = _Job()
+        job.task = spawn(self._run_job(conversation, job))
+        if job.task is not None:
+            self._jobs[conversation] = job
 
-    def want(self, conversation: str) -> None:
-        self._wanted.add(conversation)
+    async def fold_now(self, conversation: str) -> None:
+        """A turn's prompt does not fit: fold before it goes on (its summary, or failing that
+        the block dropped). Waits for a job that is running; takes over one still queued."""
+        job = self._jobs.get(conversation)
+        if job is not None and job.task is not None and job.started:
+            done, _ = await asyncio.wait({job.task}, timeout=SUMMARY_WAIT)
+            if not done:
+                await self._drop_block(conversation, "the summary took too long")
+            return
+        if job is not None and job.task is not None:
+            job.task.cancel()  # not started: this turn writes the summary in its own slot
+            await asyncio.wait({job.task})
+        try:
+            await asyncio.wait_for(self._fold(conversation), SUMMARY_WAIT)
+        except TimeoutError:
+            await self._drop_block(conversation, "the summary took too long")
 
     async def settle(self) -> None:
-        """Wait for background summaries (tests, shutdown)."""
-        while self._summaries:
-            await asyncio.gather(*self._summaries.values(), return_exceptions=True)
+        """Wait for the summary jobs under way (tests, benchmarks)."""
+        while tasks := [job.task for job in self._jobs.values() if job.task is not None]:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _summarize(self, conversation: str) -> None:
+    # --- a job ---------------------------------------------------------------------------------
+
+    async def _run_job(self, conversation: str, job: _Job) -> None:
+        ticket = self.queue.enter(conversation, None, background=True)
         try:
-            await self._summarize_once(conversation)
+            await ticket.wait()
+            job.started = True
+            # Bounded: a job holds an Ollama slot that replies are waiting for.
+            await asyncio.wait_for(self._fold(conversation), SUMMARY_WAIT)
+        except TimeoutError:
+            self._count("timed_out")
+            log.warning("event=summary conversation=%s outcome=timed_out", conversation)
         except asyncio.CancelledError:
-            log.info("event=summary conversation=%s outcome=postponed", conversation)
+            raise
         except Exception:
             log.exception("event=summary conversation=%s outcome=crashed", conversation)
         finally:
-            self._summaries.pop(conversation, None)
+            ticket.done()
+            if self._jobs.get(conversation) is job:
+                del self._jobs[conversation]
 
-    async def _summarize_once(self, conversation: str) -> None:
+    async def _window(self, conversation: str, *, ahead: bool = False) -> _Window:
+        """The prompt as it stands and the fold it needs: ``ahead``, only once past the fold
+        mark (a job prepared early); otherwise whatever brings it down to the target."""
         state = await self.store.get_state(conversation)
-        model, _ = self.settings.resolve(state.model, state.system_prompt)
+        model, system_prompt = self.settings.resolve(state.model, state.system_prompt)
         budget = await self.context.budget(model)
-        upto = await self._fold_point(conversation, state, model, budget)
-        if upto <= state.summary_upto:
+        estimator = self.context.estimator(model)
+        fixed = self.context.fixed_messages(system_prompt, state.summary)
+        turns = await self.store.load(conversation, after=state.window_start)
+        fixed_tokens = estimator.count(fixed)
+        turn_tokens = [estimator.count_message(t.as_message()) for t in turns]
+        if ahead:
+            fold = plan_fold_ahead(fixed_tokens, turn_tokens, budget)
+        else:
+            fold = tokens_to_fit(fixed_tokens, turn_tokens, 0, budget.target)
+        return _Window(state, model, budget, fixed, turns, fold)
+
+    async def _fold(self, conversation: str) -> None:
+        """Fold the oldest block of the window into the summary, down to the budget's target."""
+        window = await self._window(conversation)
+        if not window.fold:
             return
-        block = await self.store.load_range(conversation, state.summary_upto, upto)
-        if not block:
+        # The summary's room comes out of what is kept for replies, so the whole request fits.
+        most = min(SUMMARY_TOKENS, window.budget.reply_reserve)
+        instruction = summary_instruction(
+            window.fold,
+            window.turns[window.fold - 1].content,
+            has_summary=bool(window.state.summary),
+            max_words=min(200, most * 3 // 5),
+        )
+        request = [*window.fixed, *(t.as_message() for t in window.turns), instruction]
+        estimator = self.context.estimator(window.model)
+        if estimator.count(request) + most > window.budget.num_ctx:
+            # No room for the whole prompt and the summary: send only the block (Ollama would
+            # otherwise cut the prompt's beginning, silently). It costs a fresh evaluation.
+            block = window.turns[: window.fold]
+            request = [*window.fixed, *(t.as_message() for t in block), instruction]
+        try:
+            summary = await self._write(window.model, request, window.budget.num_ctx, most)
+        except OllamaError as exc:
+            self._count("failed")
+            await self._drop_block(conversation, f"Ollama failed to write it: {exc}", window)
             return
-        summary, outcome = await self._summary_of(conversation, model, budget, state, block)
+        await self._apply(conversation, window, summary)
+
+    async def _write(
+        self, model: str, request: list[dict[str, str]], num_ctx: int, most: int
+    ) -> str:
+        text, _ = await self.ollama.complete(
+            model,
+            request,
+            # The chat's options and num_ctx: a different num_ctx would reload the model and
+            # lose the cache this request is built to reuse.
+            options={
+                **self.settings.ollama_options,
+                "num_ctx": num_ctx,
+                "num_predict": most,
+            },
+            keep_alive=self.settings.ollama_keep_alive,
+            think=None if self.settings.ollama_think else False,
+        )
+        if not text.strip():
+            raise OllamaError("the model wrote an empty summary")
+        return text.strip()
+
+    async def _apply(self, conversation: str, window: _Window, summary: str) -> None:
         stale = False
+        state, block_end = window.state, window.block_end
 
         def apply(current: ConversationState) -> ConversationState:
             nonlocal stale
@@ -107,63 +225,44 @@ class Summaries:
             return replace(
                 current,
                 summary=summary,
-                summary_upto=upto,
-                window_start=max(current.window_start, upto),
+                summary_upto=block_end,
+                window_start=max(current.window_start, block_end),
+                summary_at=self.wall_clock(),
             )
 
         await self.store.update_state(conversation, apply)
-        if stale:
-            log.info("event=summary conversation=%s outcome=stale", conversation)
-            return
+        outcome = "stale" if stale else "summarised"
+        self._count(outcome)
         log.info(
-            "event=fold conversation=%s mode=%s turns=%d summary_chars=%d",
+            "event=fold conversation=%s outcome=%s turns=%d summary_chars=%d",
             conversation,
             outcome,
-            len(block),
+            window.fold,
             len(summary),
         )
 
-    async def _fold_point(
-        self, conversation: str, state: ConversationState, model: str, budget: Budget
-    ) -> int:
-        """The last turn id worth folding now: the window's start, or further if a typical
-        next message would not fit."""
-        _, system_prompt = self.settings.resolve(state.model, state.system_prompt)
-        estimator = self.context.estimator(model)
-        turns = await self.store.load(conversation, after=state.window_start)
-        early = plan_early_fold(
-            estimator.count(self.context.fixed_messages(system_prompt, state.summary)),
-            [estimator.count_message(t.as_message()) for t in turns],
-            int(budget.prompt * NEXT_MESSAGE_SHARE),
-            budget,
-        )
-        return max(state.window_start, turns[early - 1].id if early else 0)
+    async def _drop_block(self, conversation: str, why: str, window: _Window | None = None) -> None:
+        """No summary could be had: drop the block anyway, so the turn fits, and say so."""
+        window = window or await self._window(conversation)
+        if not window.fold:
+            return
+        epoch, block_end = window.state.epoch, window.block_end
 
-    async def _summary_of(
-        self,
-        conversation: str,
-        model: str,
-        budget: Budget,
-        state: ConversationState,
-        block: Sequence[Turn],
-    ) -> tuple[str, str]:
-        """The updated summary and how it came about (summarised, or dropped on failure)."""
-        try:
-            text, _ = await self.ollama.complete(
-                model,
-                summary_request(state.summary, [t.as_message() for t in block]),
-                options={"num_ctx": budget.num_ctx, "num_predict": SUMMARY_TOKENS},
-                keep_alive=self.settings.ollama_keep_alive,
-            )
-        except OllamaError as exc:
-            # The block is dropped without a summary; the user is not told, the log says why.
-            log.warning(
-                "event=summary conversation=%s outcome=failed cause=%r fallback=drop_block",
-                conversation,
-                str(exc),
-            )
-            return state.summary, "dropped"
-        if not text.strip():
-            log.warning("event=summary conversation=%s cause='empty summary'", conversation)
-            return state.summary, "dropped"
-        return text.strip(), "summarised"
+        def drop(current: ConversationState) -> ConversationState:
+            if current.epoch != epoch:
+                return current
+            return replace(current, window_start=max(current.window_start, block_end))
+
+        await self.store.update_state(conversation, drop)
+        if self.metrics:
+            self.metrics.turns_dropped.inc(window.fold)
+        log.warning(
+            "event=fold conversation=%s outcome=dropped turns=%d cause=%r",
+            conversation,
+            window.fold,
+            why,
+        )
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics:
+            self.metrics.summaries.labels(outcome=outcome).inc()

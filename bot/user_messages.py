@@ -235,6 +235,17 @@ def system_prompt_shown(prompt: str, *, own: bool) -> str:
     return f"System prompt ({origin}):\n>>> {prompt}"
 
 
+def summary_shown(summary: str, written_at: float) -> str:
+    """The summary's first line (cut short), and when it was written (Discord shows the
+    ``<t:...:R>`` timestamp as "5 minutes ago" in the reader's own time)."""
+    if not summary:
+        return "none yet"
+    first = summary.strip().splitlines()[0]
+    first = first if len(first) <= 150 else first[:149] + "…"
+    when = f" (updated <t:{int(written_at)}:R>)" if written_at else ""
+    return f"“{first}”{when}"
+
+
 def status_lines(
     info: Mapping[str, Any], *, own_system_prompt: bool, system_prompt: str
 ) -> list[str]:
@@ -243,7 +254,7 @@ def status_lines(
     return [
         f"**Model:** `{info['model']}`",
         f"**Turns kept:** {info['turns']} (messages sent with each request)",
-        f"**Summary of older turns:** {'yes' if info['summary'] else 'none yet'}",
+        f"**Summary of older turns:** {summary_shown(info['summary'], info['summary_at'])}",
         f"**Context used:** about {info['tokens_used']:,} of {info['budget']:,} tokens "
         f"({percent}%; num_ctx {info['num_ctx']:,})",
         f"**System prompt:** {'this channel' if own_system_prompt else 'default'}"

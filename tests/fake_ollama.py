@@ -700,6 +700,7 @@ class PromptStats:
     # old messages were dropped silently to fit num_ctx (docs/ollama-protocol.md#context)
     truncated: bool
     num_ctx: int
+    last_message: str = ""  # the content of the prompt's last message (to tell prompts apart)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1545,6 +1546,7 @@ class FakeOllama(ThreadedServer):
                     evaluated,
                     truncated,
                     ctx.num_ctx,
+                    str(ctx.messages[-1].get("content", "")) if ctx.messages else "",
                 )
             )
         ctx.prompt_tokens = total if self.prompt_eval_includes_cached else evaluated
@@ -1727,7 +1729,18 @@ class FakeOllama(ThreadedServer):
             yield self._drop_event(final if reply.done else None, reply)
             return
         if reply.done:
+            # The runner's cache now holds the answer too (the KV cache keeps generated
+            # tokens), so a next prompt that repeats it as an assistant message reuses it.
+            self._remember_answer(ctx, "".join(content))
             yield final
+
+    def _remember_answer(self, ctx: _Chat, answer: str) -> None:
+        key = ctx.entry.name.key
+        with self._lock:
+            cached = self._prompt_cache.get(key)
+            if cached is not None:
+                answer_tokens = _message_tokens({"role": "assistant", "content": answer})
+                self._prompt_cache[key] = cached + answer_tokens
 
     def _drop_event(self, next_line: _Line | None, reply: Reply) -> _Drop:
         if not reply.drop_mid_line or next_line is None:

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from bot.context_window import SUMMARY_REQUEST_MARK, is_summary_request
 from tests.fake_ollama import FakeOllama, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +102,54 @@ def test_console_log_file_gets_the_info_lines(fake_ollama: FakeOllama, tmp_path:
     assert done.stderr == ""
     logged = log_file.read_text()
     assert "INFO bot.turn_end event=reply conversation=console:default outcome=ok" in logged
+
+
+def _summary_of(prompt: list[dict[str, Any]]) -> str | None:
+    """The summary a chat prompt carries (its system message), if any."""
+    return next(
+        (m["content"] for m in prompt if m["content"].startswith("Summary of the earlier")), None
+    )
+
+
+def test_back_to_back_turns_fold_old_turns_into_summaries_that_reuse_the_prompt(
+    fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    written: list[str] = []
+
+    def respond(messages: list[dict[str, Any]]) -> str | None:
+        if is_summary_request(messages):
+            written.append(f"SUMMARY-{len(written) + 1}: they talked about topics so far.")
+            return written[-1]
+        return "Noted: " + " ".join(f"reply{j}" for j in range(25))
+
+    fake_ollama.responder = respond
+    lines = [f"topic {i}: " + " ".join(f"detail{i}x{j}" for j in range(30)) for i in range(30)]
+    # Each line is typed the moment the previous answer is complete: no idle time at all.
+    done = run_console(fake_ollama, "\n".join(lines) + "\n\n", tmp_path, CONTEXT_TOKENS="1024")
+    assert done.returncode == 0, done.stderr
+
+    requests = [r["messages"] for r in fake_ollama.chat_requests]
+    summary_requests = [i for i, m in enumerate(requests) if is_summary_request(m)]
+    assert len(summary_requests) >= 3, "back-to-back turns still get their summaries"
+    chats = [m for m in requests if not is_summary_request(m)]
+    assert len(chats) == 30
+    for i in summary_requests:
+        # A summary request is the preceding chat request (and its answer), then the instruction.
+        previous = next(m for m in reversed(requests[:i]) if not is_summary_request(m))
+        assert requests[i][: len(previous)] == previous
+        assert requests[i][-1]["content"].startswith(SUMMARY_REQUEST_MARK)
+    before: list[dict[str, Any]] | None = None
+    summaries_written = 0
+    for prompt in requests:
+        if is_summary_request(prompt):
+            summaries_written += 1
+            continue
+        if before is not None and _summary_of(prompt) == _summary_of(before):
+            # No fold in between: the prompt only grew; its beginning is byte-identical.
+            assert prompt[: len(before)] == before
+        elif before is not None:
+            # Right after a fold: the prompt carries the summary the model wrote last.
+            assert f"SUMMARY-{summaries_written}:" in str(_summary_of(prompt))
+        before = prompt
+    assert all(_summary_of(c) is not None for c in chats[-5:])
+    assert "outcome=dropped" not in done.stderr

@@ -10,7 +10,7 @@ import pytest
 from simcord import Env
 
 from bot import OllacordBot
-from bot.context_window import SUMMARY_INSTRUCTION
+from bot.context_window import SUMMARY_REQUEST_MARK, is_summary_request
 from bot.user_messages import NOT_CONFIGURATOR
 from tests.conftest import NO_LIMITS, SteppingClock, settings_for
 from tests.fake_ollama import FakeOllama, Reply
@@ -19,10 +19,6 @@ from tests.helpers import bot_of, final_text, setup_channel
 # num_ctx 1024, of which 256 are kept for the reply: prompts of at most 768 tokens.
 SMALL = {"CONTEXT_TOKENS": "1024"}
 PROMPT_BUDGET = 768
-
-
-def is_summary_request(messages: list[dict[str, Any]]) -> bool:
-    return bool(messages) and messages[0].get("content") == SUMMARY_INSTRUCTION
 
 
 def summariser(fake: FakeOllama, failing: bool = False) -> list[str]:
@@ -39,6 +35,10 @@ def summariser(fake: FakeOllama, failing: bool = False) -> list[str]:
 
     fake.responder = respond
     return made
+
+
+def is_summary_request_text(stats: Any) -> bool:
+    return bool(stats.last_message.startswith(SUMMARY_REQUEST_MARK))
 
 
 def long_message(i: int) -> str:
@@ -101,8 +101,8 @@ async def test_a_fold_summarises_old_turns_keeps_the_newest_and_never_exceeds_th
     assert f"Alice: {long_message(10)}" in contents  # the newest turns stay verbatim
     assert f"Alice: {long_message(0)}" not in contents
     # Ollama never had to drop anything, and no prompt went over the planned budget.
-    chat_stats = [s for s in fake_ollama.prompt_stats if s.num_ctx == 1024]
-    assert all(not s.truncated for s in chat_stats)
+    chat_stats = [s for s in fake_ollama.prompt_stats if not is_summary_request_text(s)]
+    assert all(not s.truncated for s in fake_ollama.prompt_stats)
     assert max(s.total for s in chat_stats) <= PROMPT_BUDGET
     state = await bot_of(simcord_env).store.get_state(f"discord:{channel.id}")
     assert state.summary == summaries[-1] and state.window_start > 0
@@ -123,10 +123,21 @@ async def test_when_the_summary_fails_the_block_is_dropped_silently(
     bot_id = simcord_env.bot.user.id
     replies = [m.content for m in channel.history() if m.author.id == bot_id]
     assert all(r.startswith("You said:") for r in replies)  # the user is told nothing
-    assert any("fallback=drop_block" in r.getMessage() for r in caplog.records)
+    drops = [r.getMessage() for r in caplog.records if "outcome=dropped" in r.getMessage()]
+    assert drops and "Ollama failed to write it" in drops[0]  # the log says why
+    metrics = bot_of(simcord_env).metrics.render().decode()
+    dropped = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("ollacord_context_turns_dropped_total")
+    )
+    assert float(dropped.split()[-1]) > 0  # and a metric counts it
+    assert 'ollacord_summaries_total{outcome="failed"}' in metrics
     last = streamed(fake_ollama)[-1]["messages"]
     assert last[0]["role"] == "user"  # no summary, the old block is gone
-    assert max(s.total for s in fake_ollama.prompt_stats if s.num_ctx == 1024) <= PROMPT_BUDGET
+    # The next turns still fit.
+    chat_stats = [s for s in fake_ollama.prompt_stats if not is_summary_request_text(s)]
+    assert max(s.total for s in chat_stats) <= PROMPT_BUDGET
 
 
 @pytest.mark.bot_env(**SMALL)
@@ -258,7 +269,7 @@ async def test_system_prompt_set_show_clear_and_permissions(
 async def test_status_shows_model_turns_summary_and_tokens(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
-    summariser(fake_ollama)
+    written = summariser(fake_ollama)
     channel, alice = setup_channel(simcord_env)
     mention = simcord_env.bot.user.mention
     before = await alice.slash(channel, "status")
@@ -269,5 +280,9 @@ async def test_status_shows_model_turns_summary_and_tokens(
     after = await alice.slash(channel, "status")
     text = final_text(after)
     assert after.ephemeral
-    assert "Summary of older turns:** yes" in text
+    assert written, "a summary was written"
+    assert f"Summary of older turns:** “{written[-1]}” (updated <t:" in text
     assert f"of {PROMPT_BUDGET:,} tokens" in text and "num_ctx 1,024" in text
+    # /reset forgets the summary with the turns.
+    await alice.slash(channel, "reset")
+    assert "Summary of older turns:** none yet" in final_text(await alice.slash(channel, "status"))

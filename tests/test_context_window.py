@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 from bot.context_window import (
     Budget,
     TokenEstimator,
+    is_summary_request,
     make_budget,
     plan_fold,
-    summary_request,
+    plan_fold_ahead,
+    summary_instruction,
     tokens_to_fit,
 )
 
@@ -59,7 +61,7 @@ def test_tokens_to_fit_is_minimal(turns: list[int], limit: int) -> None:
 
 
 def test_a_long_message_keeps_what_still_fits_beside_it() -> None:
-    budget = Budget(num_ctx=1000, reply_reserve=200)  # prompt 800, target 400
+    budget = Budget(num_ctx=1000, reply_reserve=200)  # prompt 800, target 200
     drop = plan_fold(fixed=50, turns=[100, 100, 100, 100], new=500, budget=budget)
     assert drop == 2  # 50 + 200 + 500 = 750 <= 800
 
@@ -69,7 +71,7 @@ def test_budget_from_the_model_the_cap_and_num_predict() -> None:
     assert make_budget(2048, cap=8192) == Budget(2048, 512)
     assert make_budget(None, cap=None) == Budget(4096, 1024)
     assert make_budget(131072, cap=8192, num_predict=300) == Budget(8192, 300)
-    assert make_budget(131072, cap=8192).target == (8192 - 2048) // 2
+    assert make_budget(131072, cap=8192).target == (8192 - 2048) // 4
 
 
 def test_estimator_starts_pessimistic_and_learns_from_ollama() -> None:
@@ -89,15 +91,26 @@ def test_small_samples_do_not_calibrate() -> None:
     assert estimator.samples == 0
 
 
-def test_summary_request_carries_the_previous_summary_and_the_block() -> None:
-    messages = summary_request(
-        "Alice likes tea.",
-        [
-            {"role": "user", "content": "Alice: I moved to Oslo"},
-            {"role": "assistant", "content": "Nice!"},
-        ],
-    )
-    assert messages[0]["role"] == "system" and "summary" in messages[0]["content"]
-    body = messages[1]["content"]
-    assert "Previous summary:\nAlice likes tea." in body
-    assert "User: Alice: I moved to Oslo" in body and "Assistant: Nice!" in body
+def test_the_summary_instruction_names_the_block_and_is_recognised() -> None:
+    instruction = summary_instruction(4, "Alice: I moved to Oslo last   week", has_summary=True)
+    assert instruction["role"] == "user"
+    assert "first 4 messages" in instruction["content"]
+    assert '"Alice: I moved to Oslo last week"' in instruction["content"]
+    assert "earlier summary" in instruction["content"]
+    conversation = [{"role": "user", "content": "hi"}]
+    assert is_summary_request([*conversation, instruction])
+    assert not is_summary_request(conversation)
+
+
+@settings(max_examples=500, deadline=None)
+@given(budgets, st.integers(0, 4000), turn_lists)
+def test_a_fold_is_prepared_only_past_the_mark_and_brings_the_prompt_to_target(
+    budget: Budget, fixed: int, turns: list[int]
+) -> None:
+    fold = plan_fold_ahead(fixed, turns, budget)
+    if fixed + sum(turns) <= budget.fold_mark:
+        assert fold == 0  # the prefix stays the same until then
+    else:
+        assert fold > 0 or not turns
+        assert fixed + sum(turns[fold:]) <= budget.target or fold == len(turns)
+        assert fold % 2 == 0 or fold == len(turns)  # exchanges leave whole

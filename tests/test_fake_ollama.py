@@ -898,10 +898,36 @@ def test_prompt_cache_evaluates_only_tokens_after_the_shared_prefix() -> None:
     with FakeOllama(models=("llama3.2", "qwen3")) as fake:
         counts = asyncio.run(go(fake))
         stats = fake.prompt_stats
-    # "user one two three" = 4 tokens; then + "assistant ok user four five" = 5 more; the
-    # same 9-token prompt on another model is evaluated in full.
-    assert counts == [4, 5, 9]
-    assert [(s.total, s.cached) for s in stats] == [(4, 0), (9, 4), (9, 0)]
+    # "user one two three" = 4 tokens; then + "assistant ok user four five" = 5 more, of which
+    # "assistant" was cached too (the cache holds the generated answer, which started there);
+    # the same 9-token prompt on another model is evaluated in full.
+    assert counts == [4, 4, 9]
+    assert [(s.total, s.cached) for s in stats] == [(4, 0), (9, 5), (9, 0)]
+
+
+def test_the_prompt_cache_keeps_the_generated_answer_like_ollama_runners() -> None:
+    """Ollama's runner keeps the tokens it generated in the sequence's KV cache: a next prompt
+    that repeats the answer verbatim evaluates only what comes after it."""
+
+    async def go(fake: FakeOllama) -> list[int]:
+        counts = []
+        history = [{"role": "user", "content": "one two three"}]
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                body = {"model": "llama3.2", "messages": history, "stream": False}
+                async with http.post(f"{fake.url}/api/chat", json=body) as r:
+                    answer = await r.json()
+                counts.append(answer["prompt_eval_count"])
+                history = [
+                    *history,
+                    {"role": "assistant", "content": answer["message"]["content"]},
+                    {"role": "user", "content": "four five"},
+                ]
+        return counts
+
+    with FakeOllama() as fake:
+        counts = asyncio.run(go(fake))
+    assert counts == [4, 3]  # then only "user four five"
 
 
 def test_prompt_eval_can_include_cached_tokens_like_some_servers() -> None:

@@ -9,7 +9,7 @@ import discord
 import pytest
 from simcord import Env
 
-from bot.request_queue import FairQueue
+from bot.request_queue import BACKGROUND_PATIENCE, FairQueue
 from bot.user_messages import BUSY, TOO_MANY_WAITING
 from tests.fake_ollama import FakeOllama, Reply
 
@@ -92,6 +92,36 @@ async def test_slots_limit_concurrency_and_a_channel_never_runs_two_at_once() ->
     assert not a2.granted.done()
     a1.done()
     assert a2.granted.done()
+
+
+async def test_background_work_yields_to_replies_but_never_starves_under_steady_load() -> None:
+    queue = FairQueue(slots=1, limit=5)
+    running = queue.enter("a", 1)
+    summary = queue.enter("a", None, background=True)  # a lane of its own, low priority
+    served: list[str] = []
+    user = 2
+    # Steady load: whenever a slot frees, another reply is already waiting.
+    replies = []
+    for _ in range(6):
+        replies.append(queue.enter(f"c{user}", user))
+        user += 1
+        # Background work is nobody's question: not counted against QUEUE_LIMIT.
+        assert queue.waiting == sum(not t.granted.done() for t in replies)
+        running.done()
+        running = next(t for t in queue._active.values() if not t.finished)
+        served.append("summary" if running is summary else f"reply {running.user}")
+    assert served.index("summary") == BACKGROUND_PATIENCE  # passed over twice, then served
+    assert queue.order() == [t for t in queue.order() if not t.background]
+
+
+async def test_background_work_takes_a_free_slot_at_once_and_does_not_block_its_conversation() -> (
+    None
+):
+    queue = FairQueue(slots=2)
+    summary = queue.enter("a", None, background=True)
+    reply = queue.enter("a", 1)
+    assert summary.granted.done() and reply.granted.done()  # its own lane: no waiting
+    assert not queue.has_pending("a", 0) and queue.pending("a", 1) == 1
 
 
 # --- through the bot -----------------------------------------------------------------------------

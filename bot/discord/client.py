@@ -109,7 +109,7 @@ class OllacordBot(discord.Client):
         await self.tree.sync()
         # Ollama may be down or the model missing: Discord comes up regardless, and this
         # settles the model in the background (retry, pull, preload).
-        self.services.spawn(self.services.models.run())
+        self.services.background.spawn(self.services.models.run())
 
     async def on_connect(self) -> None:
         self.gateway_connected = True
