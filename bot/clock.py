@@ -28,3 +28,8 @@ class EditThrottle:
 
     def mark(self) -> None:
         self._last = self.clock()
+
+
+def as_ms(nanoseconds: int | None) -> str:
+    """Ollama's durations (nanoseconds) as milliseconds for a log line; "?" when not given."""
+    return "?" if nanoseconds is None else f"{nanoseconds / 1e6:.1f}"

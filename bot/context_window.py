@@ -136,25 +136,23 @@ def plan_fold_ahead(fixed: int, turns: Sequence[int], budget: Budget) -> int:
 
 # The summary request repeats the conversation's prompt (so Ollama's prompt cache holds all of
 # it) and ends with one instruction; this is how that instruction begins.
-SUMMARY_REQUEST_MARK = "(A note for your own memory, not part of the conversation.)"
+SUMMARY_REQUEST_MARK = "(Note for your memory, not part of the chat.)"
 
 
 def summary_instruction(
     block: int, last_of_block: str, *, has_summary: bool, max_words: int = 200
 ) -> dict[str, str]:
     """The last message of a summary request: update the summary with the first ``block``
-    messages after it (up to the one that begins with ``last_of_block``)."""
-    snippet = " ".join(last_of_block.split())[:60]
-    earlier = "the earlier summary above and " if has_summary else ""
+    messages after it (up to the one that begins with ``last_of_block``). Short on purpose:
+    it is the only part of the request Ollama has not already evaluated."""
+    snippet = " ".join(last_of_block.split())[:40]
+    what = "the summary above and " if has_summary else ""
     return {
         "role": "user",
         "content": (
-            f"{SUMMARY_REQUEST_MARK} Write a new summary of this conversation that covers "
-            f"{earlier}its first {block} messages, up to and including the one that begins "
-            f'"{snippet}". Those messages will be removed; later ones stay as they are, so '
-            "leave them out. Keep every fact, name, number, decision, open question and "
-            f"preference a later answer may need; drop small talk. At most {max_words} words, "
-            "in the third person, plain text. Reply with the summary only."
+            f'{SUMMARY_REQUEST_MARK} Summarise {what}the first {block} messages (up to "{snippet}")'
+            f" in at most {max_words} words, third person: keep facts, names, numbers, decisions,"
+            " open questions. Reply with the summary only."
         ),
     }
 

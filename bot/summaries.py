@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .clock import Clock
+from .clock import Clock, as_ms
 from .context_window import Budget, plan_fold_ahead, summary_instruction, tokens_to_fit
 from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
@@ -186,17 +186,17 @@ class Summaries:
             block = window.turns[: window.fold]
             request = [*window.fixed, *(t.as_message() for t in block), instruction]
         try:
-            summary = await self._write(window.model, request, window.budget.num_ctx, most)
+            summary, stats = await self._write(window.model, request, window.budget.num_ctx, most)
         except OllamaError as exc:
             self._count("failed")
             await self._drop_block(conversation, f"Ollama failed to write it: {exc}", window)
             return
-        await self._apply(conversation, window, summary)
+        await self._apply(conversation, window, summary, stats)
 
     async def _write(
         self, model: str, request: list[dict[str, str]], num_ctx: int, most: int
-    ) -> str:
-        text, _ = await self.ollama.complete(
+    ) -> tuple[str, Mapping[str, int]]:
+        text, stats = await self.ollama.complete(
             model,
             request,
             # The chat's options and num_ctx: a different num_ctx would reload the model and
@@ -211,9 +211,11 @@ class Summaries:
         )
         if not text.strip():
             raise OllamaError("the model wrote an empty summary")
-        return text.strip()
+        return text.strip(), stats
 
-    async def _apply(self, conversation: str, window: _Window, summary: str) -> None:
+    async def _apply(
+        self, conversation: str, window: _Window, summary: str, stats: Mapping[str, int]
+    ) -> None:
         stale = False
         state, block_end = window.state, window.block_end
 
@@ -234,11 +236,14 @@ class Summaries:
         outcome = "stale" if stale else "summarised"
         self._count(outcome)
         log.info(
-            "event=fold conversation=%s outcome=%s turns=%d summary_chars=%d",
+            "event=fold conversation=%s outcome=%s turns=%d summary_chars=%d prompt_tokens=%s "
+            "prompt_eval_ms=%s",
             conversation,
             outcome,
             window.fold,
             len(summary),
+            stats.get("prompt_eval_count", "?"),
+            as_ms(stats.get("prompt_eval_duration")),
         )
 
     async def _drop_block(self, conversation: str, why: str, window: _Window | None = None) -> None:

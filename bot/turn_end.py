@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .clock import Clock
+from .clock import Clock, as_ms
 from .history_store import HistoryStore, Turn
 from .metrics import Metrics
 from .ollama import OllamaError
@@ -123,12 +123,14 @@ class TurnEnd:
                 self.metrics.reply_duration.observe(ended - turn.started)
             first = turn.first_text_at if turn.first_text_at is not None else ended
             log.info(
-                "%s chars=%d ttft=%.3fs duration=%.3fs prompt_tokens=%s eval_tokens=%s %s",
+                "%s chars=%d ttft=%.3fs duration=%.3fs prompt_tokens=%s prompt_eval_ms=%s "
+                "eval_tokens=%s %s",
                 fields,
                 len(turn.text),
                 first - turn.started,
                 ended - turn.started,
                 turn.stats.get("prompt_eval_count", "?"),
+                as_ms(turn.stats.get("prompt_eval_duration")),
                 turn.stats.get("eval_count", "?"),
                 turn.log_fields,
             )

@@ -96,7 +96,7 @@ def test_the_summary_instruction_names_the_block_and_is_recognised() -> None:
     assert instruction["role"] == "user"
     assert "first 4 messages" in instruction["content"]
     assert '"Alice: I moved to Oslo last week"' in instruction["content"]
-    assert "earlier summary" in instruction["content"]
+    assert "the summary above" in instruction["content"]
     conversation = [{"role": "user", "content": "hi"}]
     assert is_summary_request([*conversation, instruction])
     assert not is_summary_request(conversation)
