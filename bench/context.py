@@ -107,7 +107,9 @@ class NullSink(QuietEvents):
     async def feed(self, delta: str) -> None:
         return None
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+    async def finish(
+        self, note: str | None = None, *, stored: bool = False, reasoning: bool = False
+    ) -> bool:
         return True
 
 

@@ -53,20 +53,32 @@ class AnswerStream:
             prepared.messages,
             options=prepared.options,
             keep_alive=self.settings.ollama_keep_alive,
-            # Reasoning is never shown; unless asked for, do not make the model spend on it.
-            think=None if self.settings.ollama_think else False,
+            think=prepared.think,
         )
         think_filter = ThinkFilter()
         async with aclosing(stream):
             async for chunk in stream:
+                if chunk.thinking:
+                    turn.reasoning += chunk.thinking
+                    self._thinking(turn)
                 if chunk.content:
                     if self.metrics:
                         self.metrics.tokens.inc()
-                    await self._show(turn, think_filter.feed(chunk.content))
+                    visible = think_filter.feed(chunk.content)
+                    if think_filter.thought:  # reasoning an older server left in the content
+                        turn.reasoning += think_filter.thought
+                        think_filter.thought = ""
+                        self._thinking(turn)
+                    await self._show(turn, visible)
                 if chunk.done:
                     turn.stats = chunk.metrics
                     turn.done_reason = chunk.done_reason
             await self._show(turn, think_filter.flush())
+
+    def _thinking(self, turn: RunningTurn) -> None:
+        """The model reasons before answering: the reply says so, with the time it takes."""
+        if turn.first_text_at is None:
+            turn.sink.thinking(self.clock() - turn.started)
 
     async def _show(self, turn: RunningTurn, visible: str) -> None:
         # Models often start with a space or newline; Discord would trim it anyway.

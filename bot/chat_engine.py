@@ -15,6 +15,7 @@ through a :class:`ReplySink`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -260,6 +261,15 @@ class ChatEngine:
         state = await self.store.get_state(conversation)
         latest = latest_exchange(await self.store.load(conversation, after=state.window_start))
         return latest[0].ref if latest is not None else None
+
+    async def reasoning_of(self, conversation: str, asked: int) -> str | None:
+        """The reasoning kept with the answer to the question ``asked`` (a Discord message),
+        or None if that answer is gone (reset, regenerated) or had none."""
+        turns = await self.store.load(conversation)
+        for question, answer in itertools.pairwise(turns):
+            if question.role == "user" and question.ref == asked and answer.role == "assistant":
+                return answer.reasoning or None
+        return None
 
     def stop(self, conversation: str, ref: int) -> bool:
         """Stop the reply to message ``ref`` (Stop button): it keeps what it wrote, also in

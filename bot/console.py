@@ -30,7 +30,9 @@ class ConsoleSink(QuietEvents):
         self.out.write(delta)
         self.out.flush()
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+    async def finish(
+        self, note: str | None = None, *, stored: bool = False, reasoning: bool = False
+    ) -> bool:
         if note:
             self.out.write(f"\n{note}")
         self.out.write("\n")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .context_window import Budget, TokenEstimator, make_budget, plan_fold, summary_message
 from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
-from .ollama import OllamaClient, OllamaError
+from .ollama import ModelInfo, OllamaClient, OllamaError
 from .request_queue import FairQueue
 from .settings import Settings
 from .summaries import Summaries
@@ -37,6 +37,8 @@ class Prepared:
     window_turns: int
     refusal: str | None = None
     needs_fold: bool = False  # it does not fit: fold (with a summary) and plan again
+    info: ModelInfo = field(default_factory=ModelInfo)  # what it can do (vision, thinking)
+    think: bool | None = None  # the request's ``think`` field (None: not sent)
 
 
 class ContextKeeper:
@@ -55,7 +57,7 @@ class ContextKeeper:
         self.store = store
         self.settings = settings
         self.metrics = metrics
-        self._context_lengths: dict[str, int | None] = {}
+        self._models: dict[str, ModelInfo] = {}
         self.estimators: dict[str, TokenEstimator] = {}
         self._last_prompt: dict[str, list[dict[str, str]]] = {}
         self.summaries = Summaries(self, ollama, store, settings, queue=queue, metrics=metrics)
@@ -67,16 +69,21 @@ class ContextKeeper:
     def estimator(self, model: str) -> TokenEstimator:
         return self.estimators.setdefault(model, TokenEstimator())
 
-    async def budget(self, model: str) -> Budget:
-        """The model's budget; its context length is asked once per model."""
-        if model not in self._context_lengths:
+    async def model_info(self, model: str) -> ModelInfo:
+        """What ``/api/show`` says of the model (context length, capabilities), asked once
+        per model. A failure is not cached: the chat request reports the problem, and the next
+        turn asks again."""
+        if model not in self._models:
             try:
-                self._context_lengths[model] = await self.ollama.context_length(model)
+                self._models[model] = await self.ollama.show(model)
             except OllamaError as exc:
-                # Not cached: the chat request reports the problem, the next turn asks again.
-                log.warning("event=context_length model=%s ok=false cause=%r", model, str(exc))
-                return self._make_budget(None)
-        return self._make_budget(self._context_lengths[model])
+                log.warning("event=model_info model=%s ok=false cause=%r", model, str(exc))
+                return ModelInfo()
+        return self._models[model]
+
+    async def budget(self, model: str) -> Budget:
+        """The model's budget, from its context length."""
+        return self._make_budget((await self.model_info(model)).context_length)
 
     def _make_budget(self, context_length: int | None) -> Budget:
         options = self.settings.ollama_options
@@ -111,7 +118,8 @@ class ContextKeeper:
         """The prompt for this turn. When it does not fit, ``needs_fold`` asks for a fold (with
         its summary) first; only with ``may_drop`` (after a fold that left too little room)
         are more of the oldest turns dropped without one."""
-        budget = await self.budget(model)
+        info = await self.model_info(model)
+        budget = self._make_budget(info.context_length)
         estimator = self.estimator(model)
         fixed = self.fixed_messages(system_prompt, state.summary)
         fixed_tokens = estimator.count(fixed)
@@ -148,7 +156,10 @@ class ContextKeeper:
             turn_tokens = turn_tokens[drop:]
         messages = [*fixed, *(t.as_message() for t in turns), user_turn.as_message()]
         estimate = fixed_tokens + sum(turn_tokens) + new_tokens
-        return Prepared(model, messages, options, budget, estimate, len(turns))
+        think = self.settings.think_field(info.thinking)
+        return Prepared(
+            model, messages, options, budget, estimate, len(turns), info=info, think=think
+        )
 
     def observe(self, prepared: Prepared, metrics: Mapping[str, int]) -> None:
         """Calibrate the model's estimator from Ollama's ``prompt_eval_count``.

@@ -39,11 +39,13 @@ class DiscordScheduler:
         edit_interval: float,
         limits: DiscordLimits | None = None,
         sleep: Sleep = asyncio.sleep,
+        max_reply_messages: int | None = None,
     ) -> None:
         self.clock = clock
         self.edit_interval = edit_interval
         self.limits = limits or DiscordLimits()
         self.sleep = sleep
+        self.max_reply_messages = max_reply_messages
         self._replies: dict[int, list[ReplyWriter]] = {}
         self._channel_windows: dict[int, RateWindow] = {}
         self._channel_intermediate: dict[int, float] = {}
@@ -54,7 +56,7 @@ class DiscordScheduler:
     # --- replies -----------------------------------------------------------------------------
 
     def reply(self, channel_id: int, target: MessageTarget) -> ReplyWriter:
-        reply = ReplyWriter(self, channel_id, target)
+        reply = ReplyWriter(self, channel_id, target, max_messages=self.max_reply_messages)
         self._replies.setdefault(channel_id, []).append(reply)
         return reply
 

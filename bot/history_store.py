@@ -28,6 +28,8 @@ class Turn:
     content: str
     id: int = field(default=0, compare=False)
     ref: int | None = field(default=None, compare=False)  # the Discord message it came from
+    # What the model thought before this answer: kept to show on request, never in a prompt.
+    reasoning: str = field(default="", compare=False)
 
     def as_message(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}

@@ -92,6 +92,22 @@ class ChatChunk:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What the bot needs to know about a model (from ``/api/show``)."""
+
+    context_length: int | None = None
+    capabilities: frozenset[str] = frozenset()
+
+    @property
+    def vision(self) -> bool:
+        return "vision" in self.capabilities
+
+    @property
+    def thinking(self) -> bool:
+        return "thinking" in self.capabilities
+
+
+@dataclass(frozen=True)
 class PullProgress:
     """One line of ``/api/pull`` progress. ``total``/``completed`` are bytes of one layer."""
 
@@ -250,9 +266,10 @@ class OllamaClient:
             body["keep_alive"] = keep_alive
         await self._transport.request_json("POST", CHAT, body, model=model)
 
-    async def context_length(self, model: str) -> int | None:
-        """The model's trained context length from ``POST /api/show`` (``model_info``'s
-        ``<arch>.context_length``), or None if the server does not say."""
+    async def show(self, model: str) -> ModelInfo:
+        """What ``POST /api/show`` says of a model: its trained context length (``model_info``'s
+        ``<arch>.context_length``, None if not said) and its capabilities (``vision``,
+        ``thinking``, ...; empty from servers too old to say)."""
         data = await self._transport.request_json("POST", SHOW, {"model": model}, model=model)
         info = data.get("model_info") or {}
         arch = info.get("general.architecture")
@@ -266,7 +283,13 @@ class OllamaClient:
                 ),
                 None,
             )
-        return value if isinstance(value, int) and value > 0 else None
+        length = value if isinstance(value, int) and value > 0 else None
+        capabilities = frozenset(str(c) for c in data.get("capabilities") or ())
+        return ModelInfo(length, capabilities)
+
+    async def context_length(self, model: str) -> int | None:
+        """The model's trained context length (see :meth:`show`)."""
+        return (await self.show(model)).context_length
 
     async def complete(
         self,

@@ -18,22 +18,50 @@ class Controls(enum.Enum):
     NONE = "none"
     STOP = "stop"  # while it streams
     REGENERATE = "regenerate"  # once it is stored as the channel's latest answer
+    REGENERATE_REASONING = "regenerate+reasoning"  # ... and the model's reasoning is kept
+    REASONING = "reasoning"  # an older answer whose reasoning can still be read
+
+    @classmethod
+    def after(cls, *, stored: bool, reasoning: bool) -> Controls:
+        """The buttons of a finished answer."""
+        if not stored:
+            return cls.NONE
+        return cls.REGENERATE_REASONING if reasoning else cls.REGENERATE
+
+    @property
+    def regenerate(self) -> bool:
+        return self in (Controls.REGENERATE, Controls.REGENERATE_REASONING)
+
+    @property
+    def reasoning(self) -> bool:
+        return self in (Controls.REGENERATE_REASONING, Controls.REASONING)
 
 
 class MessageTarget(Protocol):
     """Where the messages of one reply go. Index 0 is the first message (the Discord reply).
 
-    ``controls`` are the buttons to show on that message (None: leave them as they are). Both
+    ``controls`` are the buttons to show on that message (None: leave them as they are);
+    ``file`` (name, bytes), a file to attach to it (given only when there is one). Both
     return True when done, None when it failed for now (try again a little later), and when
     Discord refuses for good (deleted channel, missing permission: stop the reply) the reason
     as a short text, or False."""
 
     async def send(
-        self, index: int, text: str, *, controls: Controls | None
+        self,
+        index: int,
+        text: str,
+        *,
+        controls: Controls | None,
+        file: tuple[str, bytes] | None = None,
     ) -> bool | str | None: ...
 
     async def edit(
-        self, index: int, text: str, *, controls: Controls | None
+        self,
+        index: int,
+        text: str,
+        *,
+        controls: Controls | None,
+        file: tuple[str, bytes] | None = None,
     ) -> bool | str | None: ...
 
 
@@ -42,21 +70,43 @@ class ReplyText:
 
     Full messages are frozen (they will not change again) and the split is done by
     :func:`take_chunk`, which never breaks a code block; the last message keeps growing.
+
+    With ``max_messages``, an answer that needs more messages than that stops growing on
+    Discord: its last message becomes ``overflow`` (a line saying the whole answer is attached
+    as a file, see :meth:`attachment`), instead of a wall of messages.
     """
 
-    def __init__(self, limit: int = DISCORD_LIMIT) -> None:
+    ATTACHMENT_NAME = "answer.md"
+
+    def __init__(
+        self, limit: int = DISCORD_LIMIT, *, max_messages: int | None = None, overflow: str = ""
+    ) -> None:
         self.limit = limit
+        self.max_messages = max_messages
+        self.overflow = overflow
         self.text = ""  # everything fed so far, exactly as the model wrote it
+        self.note = ""
         self._frozen: list[str] = []
         self._tail = ""
 
+    @property
+    def overflowed(self) -> bool:
+        return self.max_messages is not None and len(self._frozen) >= self.max_messages
+
     def feed(self, delta: str) -> None:
         self.text += delta
-        self._append(delta)
+        if not self.overflowed:  # past the last message, only the file grows
+            self._append(delta)
 
     def add_note(self, note: str) -> None:
         """A notice after the text (cut off, stopped, an error): shown, never stored."""
-        self._append(f"\n\n{note}" if self.messages() else note)
+        self.note = note
+        if not self.overflowed:
+            self._append(f"\n\n{note}" if self.messages() else note)
+
+    def attachment(self) -> tuple[str, bytes] | None:
+        """The whole answer as a file, for an answer too long for its messages."""
+        return (self.ATTACHMENT_NAME, self.text.encode()) if self.overflowed else None
 
     def _append(self, delta: str) -> None:
         self._tail += delta
@@ -68,6 +118,9 @@ class ReplyText:
     def messages(self) -> list[str]:
         """The messages as they should look now."""
         messages = list(self._frozen)
+        if self.max_messages is not None and len(messages) >= self.max_messages:
+            last = f"{self.overflow}\n\n{self.note}" if self.note else self.overflow
+            return [*messages[: self.max_messages - 1], last]
         tail = close_open_fence(self._tail)
         if tail.strip():
             messages.append(tail)

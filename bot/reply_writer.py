@@ -15,7 +15,7 @@ from .rate_limits import Priority
 from .reply_text import Controls, MessageTarget, ReplyText
 from .splitter import DISCORD_LIMIT
 from .turn import QuietEvents, ReplyUndeliverable
-from .user_messages import queued_status
+from .user_messages import REPLY_OVERFLOW, queued_status, thinking_status
 
 
 class WriterHost(Protocol):
@@ -48,11 +48,13 @@ class ReplyWriter(QuietEvents):
         target: MessageTarget,
         *,
         limit: int = DISCORD_LIMIT,
+        max_messages: int | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.channel_id = channel_id
         self.target = target
-        self.content = ReplyText(limit)
+        self.content = ReplyText(limit, max_messages=max_messages, overflow=REPLY_OVERFLOW)
+        self.file_shown = False  # the whole answer attached, for one too long for its messages
         self.status: str | None = None  # e.g. "queued: 2 ahead", shown until text arrives
         self.shown: list[str] = []
         self.final = False
@@ -88,7 +90,12 @@ class ReplyWriter(QuietEvents):
             len(desired) > len(self.shown)
             or any(shown != want for shown, want in zip(self.shown, desired, strict=False))
             or (bool(self.shown) and self.shown_controls is not self._wanted_controls())
+            or (self._wanted_file() is not None and not self.file_shown)
         )
+
+    def _wanted_file(self) -> tuple[str, bytes] | None:
+        """The whole answer as a file, once it is complete (only for an overflowing one)."""
+        return self.content.attachment() if self.final else None
 
     def _wanted_controls(self) -> Controls:
         if not self.content.messages() and not self.final:
@@ -127,7 +134,13 @@ class ReplyWriter(QuietEvents):
         """The queue place is shown in the message that becomes the answer."""
         self.set_status(queued_status(ahead))
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+    def thinking(self, seconds: float) -> None:
+        """While the model reasons, the message that becomes the answer says so."""
+        self.set_status(thinking_status(seconds))
+
+    async def finish(
+        self, note: str | None = None, *, stored: bool = False, reasoning: bool = False
+    ) -> bool:
         """The text is complete: write the final state now, and wait until Discord shows it.
         ``stored``: the reply is to be kept in the history (so it may be regenerated).
         Returns whether the reader saw it all (False if Discord refused or kept failing)."""
@@ -137,7 +150,7 @@ class ReplyWriter(QuietEvents):
             return False
         if note:
             self.content.add_note(note)
-        self.controls = Controls.REGENERATE if stored else Controls.NONE
+        self.controls = Controls.after(stored=stored, reasoning=reasoning)
         if self.pending():
             self._delivered = asyncio.get_running_loop().create_future()
             self.scheduler.poke(self)
@@ -166,13 +179,22 @@ class ReplyWriter(QuietEvents):
         """One REST call towards the wanted state: send the next message or edit one."""
         desired = self.desired()
         controls = self._wanted_controls()
+        file = self._wanted_file()
+        attach = file is not None and not self.file_shown
         for index, text in enumerate(desired):
+            # The file goes with the last message (only given when there is one to attach).
+            with_file = {"file": file} if attach and index == len(desired) - 1 else {}
             if index >= len(self.shown):
-                ok = await self.target.send(index, text, controls=controls if index == 0 else None)
+                first = controls if index == 0 else None
+                ok = await self.target.send(index, text, controls=first, **with_file)
                 break
-            if self.shown[index] != text or (index == 0 and self.shown_controls is not controls):
+            if (
+                self.shown[index] != text
+                or (index == 0 and self.shown_controls is not controls)
+                or with_file
+            ):
                 changed = controls if index == 0 and self.shown_controls is not controls else None
-                ok = await self.target.edit(index, text, controls=changed)
+                ok = await self.target.edit(index, text, controls=changed, **with_file)
                 break
         else:
             if self.pending():  # nothing left to send yet still not as wanted: never spin
@@ -195,6 +217,8 @@ class ReplyWriter(QuietEvents):
             self.give_up(ok or "Discord refused the update")
             return
         self.updates += 1
+        if with_file:
+            self.file_shown = True
         if index >= len(self.shown):
             self.shown.append(text)
         else:

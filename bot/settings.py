@@ -32,7 +32,13 @@ class Settings:
     edit_interval: float = 1.0
     ollama_keep_alive: str | float | None = None
     ollama_options: Mapping[str, Any] = field(default_factory=dict)
-    ollama_think: bool = False
+    thinking: str = "hide"  # THINKING: hide (reason, answer shown, reasoning on request) or off
+    max_reply_messages: int = 4
+    image_max_side: int = 1024
+    max_images: int = 4
+    image_history_turns: int = 2
+    max_attachment_bytes: int = 10_000_000
+    max_text_attachment_chars: int = 20_000
     context_tokens: int = 8192
     max_concurrent: int = 1
     queue_limit: int = 25
@@ -70,7 +76,18 @@ class Settings:
             raw = env.get(name)
             if raw is not None and raw.strip():
                 values[field_name] = parse(name, raw.strip())
+        legacy = env.get("OLLAMA_THINK", "").strip()
+        if legacy and "thinking" not in values:
+            # The setting THINKING replaced: true let models reason, false asked them not to.
+            values["thinking"] = "hide" if _parse_bool("OLLAMA_THINK", legacy) else "off"
         return cls(**values)
+
+    def think_field(self, model_can_think: bool) -> bool | None:
+        """The ``think`` request field: only for models that can think (others refuse it);
+        for them, whether to reason first (THINKING=hide) or answer at once (off)."""
+        if not model_can_think:
+            return None
+        return self.thinking != "off"
 
     def resolve(self, model: str | None, system_prompt: str | None) -> tuple[str, str]:
         """The model and system prompt a conversation uses: its own, else the defaults."""
@@ -277,7 +294,13 @@ _PARSERS: dict[str, tuple[str, Parser]] = {
     "EDIT_INTERVAL": ("edit_interval", _number(0.0)),
     "OLLAMA_KEEP_ALIVE": ("ollama_keep_alive", _parse_keep_alive),
     "OLLAMA_OPTIONS": ("ollama_options", _parse_options),
-    "OLLAMA_THINK": ("ollama_think", _parse_bool),
+    "THINKING": ("thinking", _choice("hide", "off")),
+    "MAX_REPLY_MESSAGES": ("max_reply_messages", _whole(1)),
+    "IMAGE_MAX_SIDE": ("image_max_side", _whole(64)),
+    "MAX_IMAGES": ("max_images", _whole(0)),
+    "IMAGE_HISTORY_TURNS": ("image_history_turns", _whole(0)),
+    "MAX_ATTACHMENT_BYTES": ("max_attachment_bytes", _whole(1)),
+    "MAX_TEXT_ATTACHMENT_CHARS": ("max_text_attachment_chars", _whole(0)),
     "MAX_CONCURRENT": ("max_concurrent", _whole(1)),
     "QUEUE_LIMIT": ("queue_limit", _whole(1)),
     "CONTEXT_TOKENS": ("context_tokens", _whole(512)),

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS turns (
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     created_at REAL NOT NULL,
-    ref INTEGER
+    ref INTEGER,
+    reasoning TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation, id);
 CREATE TABLE IF NOT EXISTS conversations (
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS conversations (
 # Columns added after the first release, for databases created before them.
 _MIGRATIONS = (
     ("turns", "ref", "INTEGER"),
+    ("turns", "reasoning", "TEXT NOT NULL DEFAULT ''"),
     ("conversations", "epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("conversations", "summary_at", "REAL NOT NULL DEFAULT 0"),
 )
@@ -119,13 +121,16 @@ class SqliteHistoryStore:
         rows = (
             self._connect()
             .execute(
-                "SELECT id, role, content, ref FROM turns WHERE conversation = ? AND id > ? "
+                "SELECT id, role, content, ref, reasoning FROM turns "
+                "WHERE conversation = ? AND id > ? "
                 "AND id <= ? ORDER BY id",
                 (conversation, after, upto if upto is not None else 2**62),
             )
             .fetchall()
         )
-        return [Turn(role, content, id, ref) for id, role, content, ref in rows]
+        return [
+            Turn(role, content, id, ref, reasoning) for id, role, content, ref, reasoning in rows
+        ]
 
     async def append(
         self, conversation: str, turns: Sequence[Turn], *, epoch: int | None = None
@@ -156,9 +161,9 @@ class SqliteHistoryStore:
             )
             for turn in turns:
                 cursor = db.execute(
-                    "INSERT INTO turns (conversation, role, content, created_at, ref) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (conversation, turn.role, turn.content, now, turn.ref),
+                    "INSERT INTO turns (conversation, role, content, created_at, ref, reasoning) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (conversation, turn.role, turn.content, now, turn.ref, turn.reasoning),
                 )
                 stored.append(replace(turn, id=int(cursor.lastrowid or 0)))
         return stored

@@ -207,7 +207,8 @@ class Summaries:
                 "num_predict": most,
             },
             keep_alive=self.settings.ollama_keep_alive,
-            think=None if self.settings.ollama_think else False,
+            # A summary needs no reasoning (the cached prompt is the same either way).
+            think=False if (await self.context.model_info(model)).thinking else None,
         )
         if not text.strip():
             raise OllamaError("the model wrote an empty summary")

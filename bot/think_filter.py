@@ -20,6 +20,12 @@ class ThinkFilter:
     def __init__(self) -> None:
         self._state = "start"  # start -> (thinking ->) visible
         self._held = ""
+        self.thought = ""  # the reasoning hidden so far (shown only on request)
+
+    @property
+    def thinking(self) -> bool:
+        """Inside a ``<think>`` block now."""
+        return self._state == "thinking"
 
     def feed(self, delta: str) -> str:
         if self._state == "visible":
@@ -37,9 +43,12 @@ class ThinkFilter:
             self._held = stripped[len(OPEN) :]
         end = self._held.find(CLOSE)
         if end == -1:
-            # Keep only what could be the start of "</think>".
-            self._held = self._held[-(len(CLOSE) - 1) :]
+            # Keep only what could be the start of "</think>"; the rest is reasoning.
+            keep = len(CLOSE) - 1
+            self.thought += self._held[:-keep] if len(self._held) > keep else ""
+            self._held = self._held[-keep:]
             return ""
+        self.thought += self._held[:end]
         self._state = "visible"
         visible, self._held = self._held[end + len(CLOSE) :], ""
         return visible

@@ -52,6 +52,10 @@ class ReplySink(Protocol):
         """Waiting for an Ollama slot with ``ahead`` replies before it (called on changes)."""
         ...
 
+    def thinking(self, seconds: float) -> None:
+        """The model has been reasoning for ``seconds`` (called as its reasoning streams)."""
+        ...
+
     async def started(self) -> None:
         """Its turn came: the request to Ollama goes out now."""
         ...
@@ -62,9 +66,12 @@ class ReplySink(Protocol):
 
     async def feed(self, delta: str) -> None: ...
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+    async def finish(
+        self, note: str | None = None, *, stored: bool = False, reasoning: bool = False
+    ) -> bool:
         """The reply is over; ``note`` goes after the text; ``stored``: it will be kept in the
-        history. Returns whether the reader got it all (only then is it stored)."""
+        history; ``reasoning``: the model's reasoning is kept with it (shown on request).
+        Returns whether the reader got it all (only then is it stored)."""
         ...
 
 
@@ -72,6 +79,9 @@ class QuietEvents:
     """The sink events as no-ops, for sinks that only show text."""
 
     def queued(self, ahead: int) -> None:
+        return None
+
+    def thinking(self, seconds: float) -> None:
         return None
 
     async def started(self) -> None:
@@ -111,6 +121,7 @@ class RunningTurn:
     text: str = ""
     first_text_at: float | None = None
     stats: Mapping[str, int] = field(default_factory=dict)
+    reasoning: str = ""  # what the model thought before answering (never in a prompt)
     done_reason: str = ""  # Ollama's: "stop", or "length" when the answer hit its limit
     undeliverable: str | None = None  # why Discord refuses this reply for good
     ended: bool = False  # its one exit was taken (a turn ends once, even if cancelled then)

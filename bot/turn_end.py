@@ -53,7 +53,8 @@ class TurnEnd:
         keep = answer is not None and turn.user_turn is not None
         stored = False
         try:
-            delivered = await turn.sink.finish(note, stored=keep)
+            reasoning = keep and bool(turn.reasoning.strip())
+            delivered = await turn.sink.finish(note, stored=keep, reasoning=reasoning)
             if keep and answer is not None:
                 if delivered:
                     stored = await self._commit(turn, answer)
@@ -98,7 +99,7 @@ class TurnEnd:
     async def _commit(self, turn: RunningTurn, answer: str) -> bool:
         """Store the exchange, unless the conversation was reset since the turn began."""
         assert turn.user_turn is not None
-        exchange = [turn.user_turn, Turn("assistant", answer)]
+        exchange = [turn.user_turn, Turn("assistant", answer, reasoning=turn.reasoning.strip())]
         if turn.replacing:
             kept = await self.store.replace(
                 turn.conversation, turn.replacing, exchange, epoch=turn.epoch

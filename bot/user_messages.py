@@ -179,6 +179,28 @@ def pull_failed(model: str, error: OllamaError) -> str:
     return f"⚠️ Pulling `{model}` failed: {error}"
 
 
+REASONING_GONE = (
+    "💭 That answer's reasoning is no longer kept (the conversation was reset, or the answer "
+    "was regenerated)."
+)
+REASONING_ATTACHED = "💭 The model's reasoning for that answer is in the attached file."
+
+
+def reasoning_shown(text: str) -> str:
+    return f"💭 **The model's reasoning for that answer:**\n>>> {text}"
+
+
+REPLY_OVERFLOW = (
+    "📄 This answer is long: it continues in **answer.md** (the whole answer, attached when it "
+    "is complete)."
+)
+
+
+def thinking_status(seconds: float) -> str:
+    """Shown in place of a reply while the model reasons before answering."""
+    return f"💭 Thinking… {int(seconds)} s"
+
+
 def queued_status(ahead: int) -> str:
     """Shown in place of a reply while it waits for its turn."""
     if ahead == 0:

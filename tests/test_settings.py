@@ -37,7 +37,13 @@ def test_every_variable_is_read() -> None:
             "EDIT_INTERVAL": "0.5",
             "OLLAMA_KEEP_ALIVE": "-1",
             "OLLAMA_OPTIONS": '{"temperature": 0.2, "num_ctx": 8192}',
-            "OLLAMA_THINK": "yes",
+            "THINKING": "off",
+            "MAX_REPLY_MESSAGES": "3",
+            "IMAGE_MAX_SIDE": "768",
+            "MAX_IMAGES": "2",
+            "IMAGE_HISTORY_TURNS": "1",
+            "MAX_ATTACHMENT_BYTES": "1000000",
+            "MAX_TEXT_ATTACHMENT_CHARS": "5000",
             "CONTEXT_TOKENS": "16384",
             "MAX_INPUT_CHARS": "500",
             "OLLAMA_CONNECT_TIMEOUT": "3",
@@ -54,7 +60,15 @@ def test_every_variable_is_read() -> None:
     assert settings.edit_interval == 0.5
     assert settings.ollama_keep_alive == -1
     assert settings.ollama_options == {"temperature": 0.2, "num_ctx": 8192}
-    assert settings.ollama_think is True
+    assert settings.thinking == "off"
+    assert settings.max_reply_messages == 3
+    assert (settings.image_max_side, settings.max_images, settings.image_history_turns) == (
+        768,
+        2,
+        1,
+    )
+    assert settings.max_attachment_bytes == 1_000_000
+    assert settings.max_text_attachment_chars == 5000
     assert settings.context_tokens == 16384
     assert settings.max_input_chars == 500
     assert settings.connect_timeout == 3.0
@@ -90,6 +104,8 @@ def test_keep_alive_number_is_sent_as_a_number_not_a_string() -> None:
         ("OLLAMA_OPTIONS", "temperature=0.2"),
         ("OLLAMA_OPTIONS", "[1, 2]"),
         ("OLLAMA_THINK", "maybe"),
+        ("THINKING", "show"),
+        ("MAX_REPLY_MESSAGES", "0"),
         ("CONTEXT_TOKENS", "ten"),
         ("CONTEXT_TOKENS", "100"),
         ("MAX_INPUT_CHARS", "0"),
@@ -199,3 +215,16 @@ def test_log_file_in_a_read_only_directory_names_the_variable() -> None:
         said = pipe.read()
     locked.rmdir()
     assert "LOG_FILE" in said and "not writable" in said, said
+
+
+def test_the_old_ollama_think_setting_still_works_unless_thinking_is_set() -> None:
+    assert Settings.from_env({"OLLAMA_THINK": "false"}).thinking == "off"
+    assert Settings.from_env({"OLLAMA_THINK": "true"}).thinking == "hide"
+    assert Settings.from_env({"OLLAMA_THINK": "false", "THINKING": "hide"}).thinking == "hide"
+    assert Settings.from_env({}).thinking == "hide"
+
+
+def test_think_is_sent_only_to_models_that_can_think() -> None:
+    assert Settings.from_env({}).think_field(model_can_think=False) is None
+    assert Settings.from_env({}).think_field(model_can_think=True) is True
+    assert Settings.from_env({"THINKING": "off"}).think_field(model_can_think=True) is False

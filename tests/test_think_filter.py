@@ -25,7 +25,10 @@ def test_a_leading_think_block_is_removed_however_it_is_split(
 ) -> None:
     reasoning = reasoning.replace("</think>", "")
     text = f"\n<think>{reasoning}</think>\n\n{answer}"
-    assert run(split(text, cuts)).lstrip() == answer.lstrip()
+    f = ThinkFilter()
+    shown = "".join(f.feed(d) for d in split(text, cuts)) + f.flush()
+    assert shown.lstrip() == answer.lstrip()
+    assert f.thought == reasoning  # kept, to be shown on request
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,6 +10,7 @@ channel the bot does not serve).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,16 +33,22 @@ from ..user_messages import (
     NOT_YOURS_TO_REGENERATE,
     NOT_YOURS_TO_STOP,
     ONE_AT_A_TIME,
+    REASONING_ATTACHED,
+    REASONING_GONE,
     RESTARTING,
     TOO_MANY_WAITING,
+    reasoning_shown,
 )
-from .buttons import ButtonPress
+from .buttons import ButtonPress, demoted_view, shown_controls
 from .ephemeral import tell
 from .intake import Question, conversation_id, is_for_me, question_from
 from .permissions import Permissions
 from .reply_target import PERMISSION_CODES, DiscordReplySink, DiscordReplyTarget
 
 log = logging.getLogger(__name__)
+
+# Reasoning up to this long is shown in the message itself; longer, as a file.
+REASONING_INLINE_CHARS = 1900
 
 # Questions one person may have waiting (or being answered) in one channel; they are answered
 # in order, with the same round-robin fairness as everyone's.
@@ -146,7 +153,7 @@ class Answers:
         if target.messages:  # Regenerate: the earlier answer is what shows until replaced
             shown = target.messages[0]
             writer.shown = [shown.content] if shown is not None else []
-            writer.shown_controls = Controls.REGENERATE
+            writer.shown_controls = shown_controls(shown) if shown is not None else Controls.NONE
         # The earlier answer of a Regenerate stays readable while the new one waits its turn.
         sink = DiscordReplySink(writer, channel, footer=footer, show_queue=not writer.shown)
         try:
@@ -161,7 +168,7 @@ class Answers:
             await sink.stop_typing()
         if target.refused_code in PERMISSION_CODES:
             await self._missing_permission(target.source, target.refused_code)
-        elif writer.controls is Controls.REGENERATE and writer.delivered and target.messages:
+        elif writer.controls.regenerate and writer.delivered and target.messages:
             await self._latest_answer_is(channel_id, target.messages[0])
 
     async def _missing_permission(self, message: discord.Message, code: int | None) -> None:
@@ -196,7 +203,7 @@ class Answers:
             return
         token = CURRENT_PRIORITY.set(Priority.STATUS)
         try:
-            await previous.edit(view=None)
+            await previous.edit(view=demoted_view(previous))
         except discord.HTTPException as exc:
             log.info("event=remove_button_failed message=%s cause=%r", previous.id, exc.text)
         finally:
@@ -218,6 +225,25 @@ class Answers:
             interaction.user.id,
         )
         await interaction.response.defer()
+
+    async def reasoning(self, interaction: discord.Interaction, press: ButtonPress) -> None:
+        """Whoever presses it sees the model's reasoning behind that answer, privately (as a
+        file when it is too long for a message)."""
+        text = await self.engine.reasoning_of(conversation_id(press.channel), press.asked)
+        log.info(
+            "event=reasoning_button channel=%s asked=%s user=%s found=%s",
+            press.channel,
+            press.asked,
+            interaction.user.id,
+            text is not None,
+        )
+        if text is None:
+            await tell(interaction, REASONING_GONE)
+        elif len(text) <= REASONING_INLINE_CHARS:
+            await tell(interaction, reasoning_shown(text))
+        else:
+            file = discord.File(io.BytesIO(text.encode()), filename="reasoning.md")
+            await interaction.response.send_message(REASONING_ATTACHED, file=file, ephemeral=True)
 
     async def regenerate(self, interaction: discord.Interaction, press: ButtonPress) -> None:
         """The asker gets a new answer in place of the channel's latest one."""

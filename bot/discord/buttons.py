@@ -41,6 +41,8 @@ class ReplyControls(Protocol):
 
     async def regenerate(self, interaction: discord.Interaction, press: ButtonPress) -> None: ...
 
+    async def reasoning(self, interaction: discord.Interaction, press: ButtonPress) -> None: ...
+
 
 class HasReplyControls(Protocol):
     reply_controls: ReplyControls
@@ -110,11 +112,52 @@ class RegenerateButton(_ReplyButton, template=rf"ollacord:regenerate:{_IDS}"):
         await controls.regenerate(interaction, self.press)
 
 
+class ReasoningButton(_ReplyButton, template=rf"ollacord:reasoning:{_IDS}"):
+    action = "reasoning"
+    label = "Reasoning"
+    emoji = "💭"
+
+    async def pressed(self, controls: ReplyControls, interaction: discord.Interaction) -> None:
+        await controls.reasoning(interaction, self.press)
+
+
 def controls_view(controls: Controls, channel: int, asked: int, user: int) -> discord.ui.View:
     """The view for a reply's first message (an empty view removes the buttons)."""
     view = discord.ui.View(timeout=None)
     if controls is Controls.STOP:
         view.add_item(StopButton(channel, asked, user))
-    elif controls is Controls.REGENERATE:
+    if controls.regenerate:
         view.add_item(RegenerateButton(channel, asked, user))
+    if controls.reasoning:
+        view.add_item(ReasoningButton(channel, asked, user))
     return view
+
+
+def shown_controls(message: discord.Message) -> Controls:
+    """Which of our buttons a message carries now (read from Discord, e.g. after a restart)."""
+    actions = {custom_id.split(":")[1] for custom_id in _custom_ids(message)}
+    if "stop" in actions:
+        return Controls.STOP
+    if "regenerate" in actions:
+        return Controls.REGENERATE_REASONING if "reasoning" in actions else Controls.REGENERATE
+    return Controls.REASONING if "reasoning" in actions else Controls.NONE
+
+
+def demoted_view(message: discord.Message) -> discord.ui.View | None:
+    """The buttons an answer keeps once it is no longer the latest: only Reasoning (None: no
+    buttons at all)."""
+    for custom_id in _custom_ids(message):
+        match = re.fullmatch(rf"ollacord:reasoning:{_IDS}", custom_id)
+        if match:
+            ids = int(match["channel"]), int(match["asked"]), int(match["user"])
+            return controls_view(Controls.REASONING, *ids)
+    return None
+
+
+def _custom_ids(message: discord.Message) -> list[str]:
+    ids = [
+        str(getattr(child, "custom_id", None))
+        for row in message.components
+        for child in getattr(row, "children", ())
+    ]
+    return [custom_id for custom_id in ids if custom_id.startswith("ollacord:")]

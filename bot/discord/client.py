@@ -25,7 +25,7 @@ from ..rate_limits import DiscordLimits
 from ..settings import Settings
 from ..user_messages import RESTART_NOTE
 from .answers import Answers
-from .buttons import RegenerateButton, ReplyControls, StopButton
+from .buttons import ReasoningButton, RegenerateButton, ReplyControls, StopButton
 from .commands import OllacordTree, SlashCommands
 from .permissions import Permissions
 
@@ -58,7 +58,10 @@ class OllacordBot(discord.Client):
         self.services.gateway_up = self.gateway_is_up
         self.gateway_connected = False
         self.scheduler = DiscordScheduler(
-            clock, edit_interval=settings.edit_interval, limits=discord_limits
+            clock,
+            edit_interval=settings.edit_interval,
+            limits=discord_limits,
+            max_reply_messages=settings.max_reply_messages,
         )
         self.permissions = Permissions(AccessPolicy.from_settings(settings), clock, self._guilds)
         self.answers = Answers(self.services, self.scheduler, self.permissions, lambda: self.user)
@@ -101,7 +104,7 @@ class OllacordBot(discord.Client):
         await self.services.store.open()
         logging.getLogger("discord.http").addHandler(self._rate_limit_counter)
         # Stop/Regenerate presses reach the bot even on messages sent before a restart.
-        self.add_dynamic_items(StopButton, RegenerateButton)
+        self.add_dynamic_items(StopButton, RegenerateButton, ReasoningButton)
         # Every REST call counts against Discord's global budget: plan it in one place.
         self.scheduler.wrap_http(self.http)
         await self.services.start_health()

@@ -4,6 +4,7 @@ until its first words, the typing indicator."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from typing import Any
 
@@ -87,12 +88,21 @@ class DiscordReplyTarget:
         )
         return refused
 
-    async def send(self, index: int, text: str, *, controls: Controls | None) -> bool | str | None:
+    async def send(
+        self,
+        index: int,
+        text: str,
+        *,
+        controls: Controls | None,
+        file: tuple[str, bytes] | None = None,
+    ) -> bool | str | None:
         # fail_if_not_exists=False: if the user deleted their message, still answer.
         reference = self.source.to_reference(fail_if_not_exists=False) if index == 0 else None
         extra: dict[str, Any] = {}
         if controls is not None and controls is not Controls.NONE:
             extra["view"] = self._view(controls)
+        if file is not None:
+            extra["file"] = discord.File(io.BytesIO(file[1]), filename=file[0])
         try:
             message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
         except discord.HTTPException as exc:
@@ -105,15 +115,25 @@ class DiscordReplyTarget:
             self.messages.append(message)
         return True
 
-    async def edit(self, index: int, text: str, *, controls: Controls | None) -> bool | str | None:
+    async def edit(
+        self,
+        index: int,
+        text: str,
+        *,
+        controls: Controls | None,
+        file: tuple[str, bytes] | None = None,
+    ) -> bool | str | None:
         message = self.messages[index] if index < len(self.messages) else None
         if message is None:
-            return await self.send(index, text, controls=controls)
+            return await self.send(index, text, controls=controls, file=file)
         extra: dict[str, Any] = {}
         if controls is not None:
             extra["view"] = None if controls is Controls.NONE else self._view(controls)
+        if file is not None:
+            extra["attachments"] = [discord.File(io.BytesIO(file[1]), filename=file[0])]
         try:
-            await message.edit(content=text, **extra)
+            # Keep the edited message: its buttons are read again when it is no longer the latest.
+            self.messages[index] = await message.edit(content=text, **extra)
         except discord.HTTPException as exc:
             if exc.code == UNKNOWN_MESSAGE:
                 # Someone deleted the reply mid-stream: carry on in a new message.
@@ -122,7 +142,7 @@ class DiscordReplyTarget:
                 channel = self.source.channel.id
                 log.info("event=reply_message_deleted channel=%s index=%d", channel, index)
                 self.messages[index] = None
-                return await self.send(index, text, controls=controls)
+                return await self.send(index, text, controls=controls, file=file)
             return self._failed("edit", exc, index)
         if self.metrics:
             self.metrics.discord_updates.labels(kind="edit").inc()
@@ -153,6 +173,9 @@ class DiscordReplySink:
         if self.show_queue:
             self.writer.queued(ahead)
 
+    def thinking(self, seconds: float) -> None:
+        self.writer.thinking(seconds)
+
     async def started(self) -> None:
         self._typing = asyncio.create_task(self._keep_typing())
 
@@ -166,11 +189,13 @@ class DiscordReplySink:
             await self.stop_typing()
             raise
 
-    async def finish(self, note: str | None = None, *, stored: bool = False) -> bool:
+    async def finish(
+        self, note: str | None = None, *, stored: bool = False, reasoning: bool = False
+    ) -> bool:
         await self.stop_typing()
         if self.footer:
             note = f"{note}\n{self.footer}" if note else self.footer
-        return await self.writer.finish(note, stored=stored)
+        return await self.writer.finish(note, stored=stored, reasoning=reasoning)
 
     async def stop_typing(self) -> None:
         task, self._typing = self._typing, None
