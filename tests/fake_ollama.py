@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
+import io
 import json
 import math
 import random
@@ -41,15 +43,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
+from PIL import Image
 
 from tests.threaded_server import ThreadedServer
 
 __all__ = [
+    "IMAGE_TOKENS",
     "FakeOllama",
     "GoDurationError",
+    "ImageInfo",
     "RecordedRequest",
     "Reply",
     "go_json",
@@ -82,11 +87,39 @@ _GO_CHUNKING_BUFFER = 2048
 QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 RUNNER_ERROR_PREFIX = "an error was encountered while running the model: "
 PULL_MISSING_MESSAGE = "pull model manifest: file does not exist"
+# Images (docs/ollama-protocol.md#images). The runner's completion handler answers 500
+# "Failed to create new sequence: <err>" and NewSequence wraps inputs()'s error in
+# "failed to process inputs: <err>" (runner/ollamarunner/runner.go); the server keeps that
+# status (llm/server.go returns an api.StatusError).
+IMAGE_ERROR_PREFIX = "Failed to create new sequence: failed to process inputs: "
+#: model.ErrNoVisionModel (model/model.go): a multimodal architecture without its vision weights.
+NO_VISION_DATA_MESSAGE = "this model is missing data required for image input"
+#: chatPrompt (server/prompt.go), for the mllama family (llama3.2-vision), per message.
+MLLAMA_ONE_IMAGE_MESSAGE = "this model only supports one image while more than one image requested"
 
 # Synthetic costs added to the reported metrics so that numbers look like a real GPU
 # (tokens/second around 50) without making the tests actually wait.
 _PROMPT_EVAL_NS_PER_TOKEN = 250_000
 _EVAL_NS_PER_TOKEN = 20_000_000
+
+#: Prompt tokens one image costs on a vision model: Gemma 3's 256 image tokens per image
+#: (``mm_tokens_per_image``; Ollama's gemma3 PostTokenize wraps them in 4 more). Other models
+#: differ (qwen2.5vl grows with the resolution); the fake uses this one flat count everywhere
+#: (truncation to num_ctx, prompt_eval_count, the prompt cache).
+IMAGE_TOKENS = 256
+#: The decoders Ollama's runner registers for Go's ``image.Decode`` (model/model.go imports
+#: image/jpeg, image/png, x/image/bmp, x/image/tiff and x/image/webp; not image/gif): Go's
+#: format name and the magic it sniffs (``?`` matches any byte).
+_GO_IMAGE_MAGIC = (
+    ("jpeg", b"\xff\xd8"),
+    ("png", b"\x89PNG\r\n\x1a\n"),
+    ("bmp", b"BM????\x00\x00\x00\x00"),
+    ("tiff", b"II*\x00"),
+    ("tiff", b"MM\x00*"),
+    ("webp", b"RIFF????WEBPVP8"),
+)
+#: The Pillow plugins for those formats.
+_PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 
 #: The documented toy tokeniser: words and single punctuation marks.
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -660,24 +693,73 @@ def _check_options(options: dict[str, Any]) -> None:
                 raise _HTTPError(500, f'option "{key}" must be of an array of strings')
 
 
-def _count_tokens(message: dict[str, Any]) -> int:
-    """The documented toy tokeniser, over a message's role and content."""
-    return len(_message_tokens(message))
+def _count_tokens(message: dict[str, Any], *, vision: bool = True) -> int:
+    """The documented toy tokeniser, over a message's role, images and content."""
+    return len(_message_tokens(message, vision=vision))
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """A prompt's token count as the fake counts it (for benchmarks comparing strategies)."""
+    """A prompt's token count as the fake counts it on a vision model (for benchmarks comparing
+    strategies): each image costs :data:`IMAGE_TOKENS`."""
     return sum(_count_tokens(m) for m in messages)
 
 
-def _message_tokens(message: dict[str, Any]) -> list[str]:
+def _message_tokens(message: dict[str, Any], *, vision: bool = True) -> list[str]:
     """How the fake tokenises a message: every run of word characters (``\\w+``) is one token
     and every other non-space character is one token, over the role then the content. Spaces
     are free. Real tokenisers differ (BPE), but this one has the properties that matter here:
-    the count grows with the text, and equal text gives equal tokens (so prefixes match)."""
-    return _TOKEN_RE.findall(str(message.get("role", ""))) + _TOKEN_RE.findall(
-        str(message.get("content", ""))
-    )
+    the count grows with the text, and equal text gives equal tokens (so prefixes match).
+
+    On a vision model each image adds :data:`IMAGE_TOKENS` tokens between the role and the
+    content (Ollama puts a message's images before its text), named after the image's bytes:
+    the same image again matches the prompt cache, another one does not. A model without
+    vision drops the images (docs/ollama-protocol.md#images), so they cost nothing."""
+    tokens = _TOKEN_RE.findall(str(message.get("role", "")))
+    if vision:
+        for image in message.get("images") or ():
+            tokens += [_image_token(image)] * IMAGE_TOKENS
+    return tokens + _TOKEN_RE.findall(str(message.get("content", "")))
+
+
+def _image_token(image: Any) -> str:
+    data = str(image or "").replace("\r", "").replace("\n", "")
+    return f"<image {hashlib.sha256(data.encode()).hexdigest()[:16]}>"
+
+
+class ImageInfo(NamedTuple):
+    """An image a vision model saw: its pixel size and Go's name of its format."""
+
+    width: int
+    height: int
+    format: str  # "jpeg", "png", "bmp", "tiff" or "webp"
+
+
+def _go_image_format(raw: bytes) -> str | None:
+    """``image.Decode``'s sniffing: the registered format whose magic the bytes start with."""
+    for name, magic in _GO_IMAGE_MAGIC:
+        head = raw[: len(magic)]
+        if len(head) < len(magic):
+            continue
+        if all(m in (b, 0x3F) for m, b in zip(magic, head, strict=True)):  # 0x3F: "?"
+            return name
+    return None
+
+
+def _decode_image(image: str | None) -> ImageInfo | str:
+    """What Ollama's runner does with one image of a vision model: Go's ``image.Decode`` over
+    the base64-decoded bytes (already validated). Returns the image's size, or Go's error text:
+    ``image: unknown format`` when no registered decoder's magic matches, and (the fake's
+    simplification) ``unexpected EOF``, what a truncated file gives, when decoding fails."""
+    raw = base64.b64decode(str(image or "").replace("\r", "").replace("\n", ""))
+    go_format = _go_image_format(raw)
+    if go_format is None:
+        return "image: unknown format"
+    try:
+        with Image.open(io.BytesIO(raw), formats=_PILLOW_FORMATS) as img:
+            img.load()
+            return ImageInfo(img.width, img.height, go_format)
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
+        return "unexpected EOF"
 
 
 def _common_prefix(a: list[str], b: list[str]) -> int:
@@ -770,6 +852,15 @@ class _Model:
     thinking: bool = False
     tools: bool = True
     embedding: bool = False
+    vision: bool = False
+    # A multimodal architecture shipped without its vision weights (gemma3:1b): no "vision"
+    # capability, and images fail in the runner (docs/ollama-protocol.md#images).
+    no_vision_data: bool = False
+
+    @property
+    def mllama(self) -> bool:
+        """llama3.2-vision's family: one image per message (server/prompt.go)."""
+        return self.vision and self.name.model.lower().startswith("llama3.2-vision")
 
     @property
     def digest(self) -> str:
@@ -783,6 +874,8 @@ class _Model:
 
     def details(self) -> dict[str, Any]:
         family = "bert" if self.embedding else ("qwen3" if "qwen" in self.name.model else "llama")
+        if self.mllama:
+            family = "mllama"
         return {
             "parent_model": "",
             "format": "gguf",
@@ -793,9 +886,14 @@ class _Model:
         }
 
     def capabilities(self) -> list[str]:
+        """In the order of ``Model.Capabilities`` (server/images.go): what the GGUF says
+        (completion or embedding, then vision), then what the template says (tools, then
+        thinking). Projector-based models (llava) list vision after tools instead."""
         if self.embedding:
             return ["embedding"]
         caps = ["completion"]
+        if self.vision:
+            caps.append("vision")
         if self.tools:
             caps.append("tools")
         if self.thinking:
@@ -820,7 +918,8 @@ class Reply:
     pass validation (load/unload requests with no messages do not consume one)."""
 
     tokens: list[str] | None = None
-    """Content deltas; ``None`` -> the default responder (``"You said: <last user message>"``)."""
+    """Content deltas; ``None`` -> the default responder (``"You said: <last user message>"``,
+    followed by ``" (and I see N images)"`` when a vision model saw images)."""
     thinking: list[str] | None = None
     """Thinking deltas sent first (``content:""``), only if the request's ``think`` is not
     ``false``. ``None`` -> a default thought on thinking models, nothing on others."""
@@ -953,6 +1052,14 @@ class _Chat:
     t0: int
     prompt_tokens: int = 0
     context_error: str | None = None
+    kept: list[int] = field(default_factory=list)
+    """Indices, in the request's messages, of those left after truncation to num_ctx."""
+    seen_images: list[list[ImageInfo]] = field(default_factory=list)
+    """Per message of the request: the images the model saw."""
+    image_error: str | None = None
+    """The runner could not take the images: a 500 before the first event."""
+    prompt_error: str | None = None
+    """chatPrompt failed (after the load): a 500 ``c.JSON``."""
     cold_extra_ns: int = 0
     prompt_real_ns: int = 0
     gen_start_ns: int = 0
@@ -1007,7 +1114,14 @@ class FakeOllama(ThreadedServer):
 
     Behaviours follow docs/ollama-protocol.md. Simplifications (on purpose):
 
-    - A single model catalogue with fixed details; ``thinking_models`` are added to it.
+    - A single model catalogue with fixed details; ``thinking_models``, ``vision_models`` and
+      ``no_vision_data_models`` are added to it.
+    - Images (docs/ollama-protocol.md#images), as Ollama's new engine treats them: a vision
+      model decodes each image of the messages kept after truncation (JPEG, PNG, BMP, TIFF,
+      WebP; anything else is a 500 ``image: unknown format``) and records its size in
+      ``received_images``; each costs :data:`IMAGE_TOKENS` prompt tokens. A text model drops
+      images silently; a ``no_vision_data_models`` model fails with 500. Every decode failure
+      past a recognised header reads ``unexpected EOF``.
     - Prompt tokens are counted with ``re.findall(r"\\w+|[^\\w\\s]")`` over each message's role
       and content (no template). Durations are measured plus synthetic per-token costs, and a
       cold load adds ``cold_load_duration`` seconds to ``load_duration`` without sleeping.
@@ -1023,6 +1137,8 @@ class FakeOllama(ThreadedServer):
         *,
         models: Iterable[str] = ("llama3.2",),
         thinking_models: Iterable[str] = (),
+        vision_models: Iterable[str] = (),
+        no_vision_data_models: Iterable[str] = (),
         legacy_not_found: bool = False,
         num_parallel: int = 1,
         max_queue: int = 512,
@@ -1070,11 +1186,22 @@ class FakeOllama(ThreadedServer):
         self._lock = threading.Lock()
         self._replies: deque[Reply] = deque()
         self._chat_requests: list[dict[str, Any]] = []
+        self._received_images: list[list[list[ImageInfo]]] = []
+        thinking_models, vision_models = tuple(thinking_models), tuple(vision_models)
+        no_vision_data_models = tuple(no_vision_data_models)
         self._thinking = {n.key for n in map(_parse_name, thinking_models) if n}
+        self._vision = {n.key for n in map(_parse_name, vision_models) if n}
+        self._no_vision_data = {n.key for n in map(_parse_name, no_vision_data_models) if n}
         self._no_tools = {n.key for n in map(_parse_name, no_tools_models) if n}
         self._embedding = {n.key for n in map(_parse_name, embedding_models) if n}
         self._models: dict[str, _Model] = {}
-        for name in (*models, *thinking_models, *embedding_models):
+        for name in (
+            *models,
+            *thinking_models,
+            *vision_models,
+            *no_vision_data_models,
+            *embedding_models,
+        ):
             self.add_model(name)
         self._loaded: dict[str, _Loaded] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
@@ -1114,6 +1241,8 @@ class FakeOllama(ThreadedServer):
                 thinking=parsed.key in self._thinking,
                 tools=parsed.key not in self._no_tools,
                 embedding=parsed.key in self._embedding,
+                vision=parsed.key in self._vision,
+                no_vision_data=parsed.key in self._no_vision_data,
             )
 
     def remove_model(self, name: str) -> None:
@@ -1130,6 +1259,15 @@ class FakeOllama(ThreadedServer):
         """Bodies of POST /api/chat requests that passed validation and got a generation slot."""
         with self._lock:
             return list(self._chat_requests)
+
+    @property
+    def received_images(self) -> list[list[list[ImageInfo]]]:
+        """Parallel to :attr:`chat_requests`: per request, per message as sent, the images the
+        model saw, as ``ImageInfo(width, height, format)`` (equal to plain tuples such as
+        ``(64, 32, "png")``). Empty for a text model (it drops images), for messages dropped to
+        fit num_ctx, and for every message of a request whose images failed."""
+        with self._lock:
+            return [[list(images) for images in request] for request in self._received_images]
 
     @property
     def pending_replies(self) -> int:
@@ -1492,8 +1630,11 @@ class FakeOllama(ThreadedServer):
         body = _go_decode(rec.body)  # Go's view: trailing bytes after the object are ignored
         with self._lock:
             self._chat_requests.append(body)
+            self._received_images.append(ctx.seen_images)
         try:
             await self._load(ctx)
+            if ctx.prompt_error is not None:
+                raise _HTTPError(500, ctx.prompt_error)
             if ctx.stream:
                 return await self._respond_stream(ctx)
             return await self._respond_once(ctx)
@@ -1508,18 +1649,25 @@ class FakeOllama(ThreadedServer):
 
     def _fit_context(self, ctx: _Chat, *, truncate: bool | None, shift: bool | None) -> None:
         """docs/ollama-protocol.md#context: drop the oldest non-system messages to fit ``num_ctx``
-        (keep the last one)."""
-        counts = [_count_tokens(m) for m in ctx.messages]
+        (keep the last one). Then the images of what is left (docs/ollama-protocol.md#images):
+        a request they fail leaves the prompt cache alone."""
+        vision = ctx.entry.vision
+        counts = [_count_tokens(m, vision=vision) for m in ctx.messages]
         total = sum(counts)
+        keep = [True] * len(ctx.messages)
         if total > ctx.num_ctx and truncate is not False:
-            keep = [True] * len(ctx.messages)
             for i, message in enumerate(ctx.messages[:-1]):
                 if total <= ctx.num_ctx:
                     break
                 if message.get("role") != "system":
                     keep[i] = False
                     total -= counts[i]
-            ctx.messages = [m for m, k in zip(ctx.messages, keep, strict=True) if k]
+        ctx.kept = [i for i, k in enumerate(keep) if k]
+        ctx.seen_images = [[] for _ in ctx.messages]
+        ctx.messages = [m for m, k in zip(ctx.messages, keep, strict=True) if k]
+        self._see_images(ctx)
+        if ctx.image_error is not None or ctx.prompt_error is not None:
+            return
         if total > ctx.num_ctx:
             if truncate is False:
                 ctx.context_error = "the input length exceeds the context length"
@@ -1531,7 +1679,7 @@ class FakeOllama(ThreadedServer):
                 )
             total = ctx.num_ctx
         truncated = len(ctx.messages) < len(counts)
-        tokens = [t for m in ctx.messages for t in _message_tokens(m)][:total]
+        tokens = [t for m in ctx.messages for t in _message_tokens(m, vision=vision)][:total]
         key = ctx.entry.name.key
         with self._lock:
             cached = _common_prefix(self._prompt_cache.get(key, []), tokens)
@@ -1550,6 +1698,33 @@ class FakeOllama(ThreadedServer):
                 )
             )
         ctx.prompt_tokens = total if self.prompt_eval_includes_cached else evaluated
+
+    def _see_images(self, ctx: _Chat) -> None:
+        """What Ollama does with the images of the kept messages (docs/ollama-protocol.md#images):
+        llama3.2-vision refuses two in one message (chatPrompt); a text model drops them (the
+        runner only looks for images when the model has a vision part); a multimodal model
+        without its vision weights fails on the first; a vision model decodes each in turn and
+        fails on the first it cannot decode. Sets ``seen_images``, or one of the errors."""
+        kept = [
+            (index, message.get("images") or [])
+            for index, message in zip(ctx.kept, ctx.messages, strict=True)
+        ]
+        if not any(images for _, images in kept):
+            return
+        entry = ctx.entry
+        if entry.mllama and any(len(images) > 1 for _, images in kept):
+            ctx.prompt_error = MLLAMA_ONE_IMAGE_MESSAGE
+        elif entry.no_vision_data:
+            ctx.image_error = IMAGE_ERROR_PREFIX + NO_VISION_DATA_MESSAGE
+        elif entry.vision:
+            for index, images in kept:
+                for image in images:
+                    info = _decode_image(image)
+                    if isinstance(info, str):
+                        ctx.image_error = IMAGE_ERROR_PREFIX + info
+                        ctx.seen_images = [[] for _ in ctx.seen_images]
+                        return
+                    ctx.seen_images[index].append(info)
 
     async def _load(self, ctx: _Chat) -> None:
         """Model load then prompt evaluation: nothing is written meanwhile
@@ -1603,6 +1778,9 @@ class FakeOllama(ThreadedServer):
         """Thinking and content tokens to emit, and the done_reason (``num_predict``)."""
         reply = ctx.reply
         said = f"You said: {self._last_user(ctx)}"
+        seen = sum(len(images) for images in ctx.seen_images)
+        if seen:
+            said += f" (and I see {seen} image{'s' if seen > 1 else ''})"
         if reply.tokens is not None:
             content = list(reply.tokens)
         elif ctx.fmt not in (None, ""):
@@ -1667,6 +1845,9 @@ class FakeOllama(ThreadedServer):
                 500,
                 f'invalid format: {_go_quote(raw)}; expected "json" or a valid JSON Schema object',
             )
+            return
+        if ctx.image_error:
+            yield _Error(500, ctx.image_error)
             return
         if ctx.context_error:
             yield _Error(400, ctx.context_error)
@@ -1946,6 +2127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--model", action="append", help="model to serve (repeatable)")
     parser.add_argument("--thinking-model", action="append", default=[])
+    parser.add_argument("--vision-model", action="append", default=[])
     parser.add_argument("--num-parallel", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=512)
     parser.add_argument("--legacy-not-found", action="store_true")
@@ -1956,6 +2138,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = FakeOllama(
         models=args.model or ["llama3.2"],
         thinking_models=args.thinking_model,
+        vision_models=args.vision_model,
         legacy_not_found=args.legacy_not_found,
         num_parallel=args.num_parallel,
         max_queue=args.max_queue,

@@ -11,7 +11,10 @@ No test asserts wall-clock durations: "headers held back" is checked by ordering
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import random
 import re
 import subprocess
 import sys
@@ -24,11 +27,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from tests.fake_ollama import (
+    IMAGE_TOKENS,
     FakeOllama,
     GoDurationError,
+    ImageInfo,
     Reply,
+    count_prompt_tokens,
     go_json,
     go_time_utc,
     parse_go_duration,
@@ -946,3 +953,241 @@ def test_prompt_eval_can_include_cached_tokens_like_some_servers() -> None:
 
     with FakeOllama(prompt_eval_includes_cached=True) as fake:
         assert asyncio.run(go(fake)) == [4, 5]
+
+
+# --------------------------------------------------------------------------- images and vision
+
+
+def image_b64(fmt: str = "PNG", size: tuple[int, int] = (64, 32), noise: bool = False) -> str:
+    """A real image file, base64-encoded as a chat message's ``images`` carries it."""
+    if noise:  # incompressible pixels: a file long enough to cut in the middle of its data
+        pixels = random.Random(0).randbytes(size[0] * size[1] * 3)
+        image = Image.frombytes("RGB", size, pixels)
+    else:
+        image = Image.new("RGB", size, "teal")
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def user(content: str, *images: str | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "user", "content": content}
+    if images:
+        message["images"] = list(images)
+    return message
+
+
+@pytest.fixture
+def vision_fake() -> Iterator[FakeOllama]:
+    with FakeOllama(
+        models=["llama3.2"],
+        vision_models=["gemma3", "llama3.2-vision", "qwen3-vl"],
+        thinking_models=["qwen3-vl"],
+        no_tools_models=["gemma3"],
+        no_vision_data_models=["gemma3:1b"],
+    ) as server:
+        yield server
+
+
+async def chat_json(
+    session: aiohttp.ClientSession, fake: FakeOllama, model: str, *messages: dict[str, Any]
+) -> tuple[int, str, dict[str, Any]]:
+    """A ``stream:false`` chat: status, Content-Type and the JSON body."""
+    body = {"model": model, "messages": list(messages), "stream": False}
+    async with session.post(f"{fake.url}/api/chat", json=body) as resp:
+        return resp.status, resp.headers["Content-Type"], await resp.json(content_type=None)
+
+
+async def test_show_lists_vision_after_completion_like_ollama(
+    vision_fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    """``Model.Capabilities`` order: completion, vision (from the GGUF), tools, thinking (from the
+    template). A multimodal model without its vision weights has no "vision"; other models keep
+    what they had."""
+    expected = {
+        "gemma3": ["completion", "vision"],
+        "qwen3-vl": ["completion", "vision", "tools", "thinking"],
+        "llama3.2-vision": ["completion", "vision", "tools"],
+        "gemma3:1b": ["completion", "tools"],
+        "llama3.2": ["completion", "tools"],
+    }
+    for model, capabilities in expected.items():
+        async with session.post(f"{vision_fake.url}/api/show", json={"model": model}) as resp:
+            show = await resp.json()
+        assert show["capabilities"] == capabilities, model
+    async with session.post(f"{vision_fake.url}/api/show", json={"model": "llama3.2-vision"}) as r:
+        assert (await r.json())["details"]["family"] == "mllama"
+    async with session.get(f"{vision_fake.url}/api/tags") as resp:
+        names = {m["name"] for m in (await resp.json())["models"]}
+    assert names == {f"{m}:latest" if ":" not in m else m for m in expected}
+
+
+async def test_a_vision_model_sees_the_images_and_says_how_many(
+    vision_fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    """Every image of every message is decoded and its size recorded, per request and per
+    message; the default answer says how many it saw, and stays as it was without images."""
+    body = {
+        "model": "gemma3",
+        "messages": [
+            user("first", image_b64("PNG", (64, 32))),
+            {"role": "assistant", "content": "ok"},
+            user("what are these?", image_b64("JPEG", (10, 20)), image_b64("WEBP", (5, 7))),
+        ],
+    }
+    async with session.post(f"{vision_fake.url}/api/chat", json=body) as resp:
+        assert (resp.status, resp.headers["Content-Type"]) == (200, "application/x-ndjson")
+        events = [json.loads(line) async for line in resp.content if line.strip()]
+    content = "".join(e["message"]["content"] for e in events)
+    assert content == "You said: what are these? (and I see 3 images)"
+    # user first (2) + an image, assistant ok (2), user what are these ? (5) + two images
+    assert events[-1]["prompt_eval_count"] == 2 + 2 + 5 + 3 * IMAGE_TOKENS
+    assert vision_fake.received_images == [
+        [[(64, 32, "png")], [], [(10, 20, "jpeg"), (5, 7, "webp")]]
+    ]
+    assert vision_fake.received_images[0][2][1] == ImageInfo(width=5, height=7, format="webp")
+
+    status, _, answer = await chat_json(
+        session, vision_fake, "gemma3", user("and these", image_b64("PNG"), None)
+    )
+    assert status == 500  # a null image is an empty one: no decoder knows it
+    status, _, answer = await chat_json(
+        session,
+        vision_fake,
+        "gemma3",
+        user("one more", image_b64("TIFF", (3, 4)), image_b64("BMP", (1, 1))),
+    )
+    assert (status, answer["message"]["content"]) == (
+        200,
+        "You said: one more (and I see 2 images)",
+    )
+    status, _, answer = await chat_json(session, vision_fake, "gemma3", user("hello there"))
+    assert (status, answer["message"]["content"]) == (200, "You said: hello there")
+    assert vision_fake.received_images[1:] == [[[]], [[(3, 4, "tiff"), (1, 1, "bmp")]], [[]]]
+    assert len(vision_fake.chat_requests) == 4
+
+
+async def test_a_text_model_drops_images_silently(
+    vision_fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    """Ollama never checks the vision capability: a text model's runner leaves the images out
+    and answers as if there were none."""
+    status, _, answer = await chat_json(
+        session, vision_fake, "llama3.2", user("look at this", image_b64(), "aGVsbG8=")
+    )
+    assert (status, answer["message"]["content"]) == (200, "You said: look at this")
+    assert answer["prompt_eval_count"] == 4  # user look at this: the images cost nothing
+    assert vision_fake.received_images == [[[]]]
+
+
+@pytest.mark.parametrize(
+    ("model", "image", "error"),
+    [
+        ("gemma3:1b", image_b64(), "this model is missing data required for image input"),
+        ("gemma3", "aGVsbG8=", "image: unknown format"),  # "hello": valid base64, no image
+        ("gemma3", image_b64("GIF"), "image: unknown format"),  # no GIF decoder in Ollama
+        ("gemma3", image_b64(size=(200, 100), noise=True)[:2000], "unexpected EOF"),
+    ],
+)
+async def test_images_the_runner_cannot_take_are_a_500(
+    vision_fake: FakeOllama, model: str, image: str, error: str
+) -> None:
+    """The runner's error before the first event: 500, bare ``application/json`` when
+    streaming, ``c.JSON`` otherwise. The model was loaded; the prompt cache is untouched."""
+    message = "Failed to create new sequence: failed to process inputs: " + error
+    body = {"model": model, "messages": [user("look", image_b64("JPEG"), image)]}
+    resp = await raw(vision_fake, "POST", "/api/chat", body)
+    assert (resp.status, resp.headers["content-type"]) == (500, "application/json")
+    assert json.loads(resp.body) == {"error": message}
+    resp = await raw(vision_fake, "POST", "/api/chat", {**body, "stream": False})
+    assert (resp.status, resp.headers["content-type"]) == (500, JSON_CT)
+    assert json.loads(resp.body) == {"error": message}
+    assert len(vision_fake.chat_requests) == 2
+    assert vision_fake.received_images == [[[]], [[]]]
+    assert vision_fake.prompt_stats == []
+    assert vision_fake.loaded_models() == [f"{model}:latest" if ":" not in model else model]
+
+
+async def test_only_the_images_of_messages_kept_after_truncation_are_read(
+    vision_fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    """Images count in the context budget; a message dropped to fit num_ctx takes its images
+    with it, even one that would not decode."""
+    body = {
+        "model": "gemma3",
+        "stream": False,
+        "options": {"num_ctx": 300},
+        "messages": [user("old", "aGVsbG8="), user("new", image_b64("PNG", (2, 2)))],
+    }
+    async with session.post(f"{vision_fake.url}/api/chat", json=body) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["message"]["content"] == "You said: new (and I see 1 image)"
+    assert answer["prompt_eval_count"] == 2 + IMAGE_TOKENS  # "user new" and its image
+    assert vision_fake.received_images == [[[], [(2, 2, "png")]]]
+    stats = vision_fake.prompt_stats[0]
+    assert (stats.requested, stats.truncated) == (2 * (2 + IMAGE_TOKENS), True)
+
+
+async def test_invalid_base64_is_still_a_400_on_a_vision_model(vision_fake: FakeOllama) -> None:
+    body = {"model": "gemma3", "messages": [user("look", image_b64(), "not base64!")]}
+    resp = await raw(vision_fake, "POST", "/api/chat", body)
+    assert (resp.status, resp.headers["content-type"]) == (400, JSON_CT)
+    assert json.loads(resp.body) == {"error": "illegal base64 data at input byte 3"}
+    assert vision_fake.chat_requests == [] and vision_fake.received_images == []
+
+
+async def test_llama32_vision_takes_one_image_per_message(
+    vision_fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    """chatPrompt refuses two images in one message for the mllama family: a 500 ``c.JSON``
+    once the model is loaded, streaming or not. One per message is fine."""
+    two = user("compare", image_b64(), image_b64("JPEG"))
+    resp = await raw(
+        vision_fake, "POST", "/api/chat", {"model": "llama3.2-vision", "messages": [two]}
+    )
+    assert (resp.status, resp.headers["content-type"]) == (500, JSON_CT)
+    assert json.loads(resp.body) == {
+        "error": "this model only supports one image while more than one image requested"
+    }
+    assert vision_fake.loaded_models() == ["llama3.2-vision:latest"]
+    status, _, answer = await chat_json(
+        session,
+        vision_fake,
+        "llama3.2-vision",
+        user("this", image_b64()),
+        {"role": "assistant", "content": "a square"},
+        user("and this", image_b64("JPEG")),
+    )
+    assert (status, answer["message"]["content"]) == (
+        200,
+        "You said: and this (and I see 2 images)",
+    )
+    assert vision_fake.received_images[1] == [[(64, 32, "png")], [], [(64, 32, "jpeg")]]
+
+
+def test_images_are_prompt_tokens_the_prompt_cache_tells_apart() -> None:
+    """The same image again is reused from the cache like text; another image at the same
+    place is evaluated again from there on."""
+    first, second = image_b64("PNG", (8, 8)), image_b64("PNG", (9, 9))
+
+    async def go(fake: FakeOllama) -> list[int]:
+        counts = []
+        async with aiohttp.ClientSession() as http:
+            history = [user("look", first)]
+            for _ in range(2):
+                status, _, answer = await chat_json(http, fake, "gemma3", *history)
+                assert status == 200
+                counts.append(answer["prompt_eval_count"])
+                history += [answer["message"], user("again")]
+            history[0] = user("look", second)
+            counts.append((await chat_json(http, fake, "gemma3", *history))[2]["prompt_eval_count"])
+        return counts
+
+    with FakeOllama(models=(), vision_models=["gemma3"]) as fake:
+        counts = asyncio.run(go(fake))
+        stats = fake.prompt_stats
+    one = 2 + IMAGE_TOKENS  # user look + the image
+    assert count_prompt_tokens([user("look", first)]) == one
+    assert counts[:2] == [one, 2]  # then only "user again" (the answer was cached)
+    assert (stats[2].cached, counts[2]) == (1, stats[2].total - 1)  # only "user" is shared
