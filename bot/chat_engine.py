@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .answer_stream import AnswerStream
@@ -38,7 +39,7 @@ from .turn import (
     UserMessage,
 )
 from .turn_end import TurnEnd
-from .user_messages import STOPPED_NOTE, TOO_LONG
+from .user_messages import STOPPED_NOTE, TOO_LONG, no_vision
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ class ChatEngine:
                 may_drop=may_drop,
             )
             if not prepared.needs_fold:
+                if turn.user_turn.images and not prepared.info.vision:
+                    turn.footnote = no_vision(turn.model)  # its images never reach Ollama
                 break
             await self.context.summaries.fold_now(turn.conversation)
         if prepared.refusal is not None:
@@ -227,14 +230,15 @@ class ChatEngine:
     async def _history(self, turn: RunningTurn, state: ConversationState) -> list[Turn] | Refusal:
         """The window's turns before this one (for Regenerate: before the exchange it redoes)."""
         turns = await self.store.load(turn.conversation, after=state.window_start)
-        turn.user_turn = Turn("user", turn.message.prompt_text(), ref=turn.ref)
+        message = turn.message
+        turn.user_turn = Turn("user", message.prompt_text(), ref=turn.ref, images=message.images)
         if turn.regenerate:
             # Only the latest exchange can be answered again: it is replaced on success.
             latest = latest_exchange(turns)
             if latest is None or latest[0].ref != turn.ref:
                 return Refusal("not_latest", None)  # the earlier answer stays as it is
             turn.replacing = [t.id for t in latest]
-            turn.user_turn = Turn("user", latest[0].content, ref=turn.ref)
+            turn.user_turn = replace(latest[0], id=0)
             turns = turns[:-2]
         return turns
 

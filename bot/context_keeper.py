@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .context_window import Budget, TokenEstimator, make_budget, plan_fold, summary_message
+from .context_window import (
+    Budget,
+    TokenEstimator,
+    image_placeholder,
+    make_budget,
+    plan_fold,
+    summary_message,
+)
 from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
 from .ollama import ModelInfo, OllamaClient, OllamaError
@@ -30,7 +37,7 @@ class Prepared:
     """One request's prompt, planned to fit."""
 
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     options: dict[str, Any]
     budget: Budget
     estimate: int
@@ -123,8 +130,9 @@ class ContextKeeper:
         estimator = self.estimator(model)
         fixed = self.fixed_messages(system_prompt, state.summary)
         fixed_tokens = estimator.count(fixed)
-        turn_tokens = [estimator.count_message(t.as_message()) for t in turns]
-        new_tokens = estimator.count_message(user_turn.as_message())
+        history = self.turn_messages([*turns, user_turn], info)
+        turn_tokens = [estimator.count_message(m) for m in history[:-1]]
+        new_tokens = estimator.count_message(history[-1])
         options: dict[str, Any] = {**self.settings.ollama_options, "num_ctx": budget.num_ctx}
         if fixed_tokens + new_tokens > budget.prompt:
             return Prepared(
@@ -153,13 +161,32 @@ class ContextKeeper:
                 conversation, lambda s: replace(s, window_start=max(s.window_start, new_start))
             )
             turns = turns[drop:]
+            history = history[drop:]
             turn_tokens = turn_tokens[drop:]
-        messages = [*fixed, *(t.as_message() for t in turns), user_turn.as_message()]
+        messages = [*fixed, *history]
         estimate = fixed_tokens + sum(turn_tokens) + new_tokens
         think = self.settings.think_field(info.thinking)
         return Prepared(
             model, messages, options, budget, estimate, len(turns), info=info, think=think
         )
+
+    def turn_messages(self, turns: Sequence[Turn], info: ModelInfo) -> list[dict[str, Any]]:
+        """The turns as Ollama messages. Images go to a model that can see them, and only
+        those of the most recent IMAGE_HISTORY_TURNS questions (each image costs hundreds of
+        tokens); otherwise a short placeholder names them."""
+        asked = [i for i, t in enumerate(turns) if t.role == "user"]
+        recent = self.settings.image_history_turns
+        shown = set(asked[-recent:]) if recent and info.vision else set()
+        messages: list[dict[str, Any]] = []
+        for i, turn in enumerate(turns):
+            message: dict[str, Any] = turn.as_message()
+            if turn.images and i in shown:
+                message["images"] = [image.base64 for image in turn.images]
+            elif turn.images:
+                names = [image.filename for image in turn.images]
+                message["content"] = f"{turn.content}\n{image_placeholder(names)}"
+            messages.append(message)
+        return messages
 
     def observe(self, prepared: Prepared, metrics: Mapping[str, int]) -> None:
         """Calibrate the model's estimator from Ollama's ``prompt_eval_count``.
@@ -195,16 +222,19 @@ class ContextKeeper:
         self, conversation: str, state: ConversationState, system_prompt: str
     ) -> dict[str, Any]:
         model, _ = self.settings.resolve(state.model, state.system_prompt)
-        budget = await self.budget(model)
+        info = await self.model_info(model)
+        budget = self._make_budget(info.context_length)
         estimator = self.estimator(model)
         turns = await self.store.load(conversation, after=state.window_start)
-        used = estimator.count(self.fixed_messages(system_prompt, state.summary)) + sum(
-            estimator.count_message(t.as_message()) for t in turns
+        used = estimator.count(self.fixed_messages(system_prompt, state.summary)) + estimator.count(
+            self.turn_messages(turns, info)
         )
         return {
             "model": model,
             "turns": len(turns),
             "summary": state.summary,
+            "vision": info.vision,
+            "thinking": info.thinking,
             "summary_at": state.summary_at,
             "tokens_used": used,
             "budget": budget.prompt,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Below this, a budget is too small to hold a conversation at all.
 MIN_BUDGET = 256
@@ -39,15 +40,21 @@ class TokenEstimator:
 
     chars_per_token: float = 3.0
     per_message: int = 8
+    # Vision models spend a fixed number of tokens on an image (256 for gemma3, about 1,000
+    # for qwen2.5vl at 1024 pixels): plan for the larger.
+    per_image: int = 1024
     samples: int = 0
 
     def count_text(self, text: str) -> int:
         return math.ceil(len(text) / self.chars_per_token)
 
-    def count_message(self, message: Mapping[str, str]) -> int:
-        return self.count_text(message.get("content", "")) + self.per_message
+    def count_message(self, message: Mapping[str, Any]) -> int:
+        images = len(message.get("images") or ())
+        return (
+            self.count_text(message.get("content", "")) + self.per_message + self.per_image * images
+        )
 
-    def count(self, messages: Sequence[Mapping[str, str]]) -> int:
+    def count(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return sum(self.count_message(m) for m in messages)
 
     def calibrate(self, chars: int, messages: int, observed_tokens: int) -> None:
@@ -159,6 +166,12 @@ def summary_instruction(
 
 def is_summary_request(messages: Sequence[Mapping[str, str]]) -> bool:
     return bool(messages) and messages[-1].get("content", "").startswith(SUMMARY_REQUEST_MARK)
+
+
+def image_placeholder(filenames: Sequence[str]) -> str:
+    """What the model reads in place of images it is not sent (too old, or a model that
+    cannot see)."""
+    return f"[image{'s' if len(filenames) > 1 else ''} attached, not shown: {', '.join(filenames)}]"
 
 
 def summary_message(summary: str) -> dict[str, str]:

@@ -20,6 +20,15 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """An image kept with the turn it came with (not a Discord link: those expire), as Ollama
+    takes it: base64 of a JPEG or PNG, already downscaled."""
+
+    filename: str
+    base64: str
+
+
+@dataclass(frozen=True)
 class Turn:
     """One message of a conversation, as sent to Ollama (``role`` and ``content``).
     ``id`` is given by the store (0 for a turn not stored yet)."""
@@ -30,6 +39,7 @@ class Turn:
     ref: int | None = field(default=None, compare=False)  # the Discord message it came from
     # What the model thought before this answer: kept to show on request, never in a prompt.
     reasoning: str = field(default="", compare=False)
+    images: tuple[StoredImage, ...] = field(default=(), compare=False)
 
     def as_message(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}

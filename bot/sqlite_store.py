@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .history_store import ConversationState, StateChange, StoreError, Turn, changed, cleared
+from .history_store import (
+    ConversationState,
+    StateChange,
+    StoredImage,
+    StoreError,
+    Turn,
+    changed,
+    cleared,
+)
 
 T = TypeVar("T")
 
@@ -24,7 +33,8 @@ CREATE TABLE IF NOT EXISTS turns (
     content TEXT NOT NULL,
     created_at REAL NOT NULL,
     ref INTEGER,
-    reasoning TEXT NOT NULL DEFAULT ''
+    reasoning TEXT NOT NULL DEFAULT '',
+    images TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation, id);
 CREATE TABLE IF NOT EXISTS conversations (
@@ -44,6 +54,7 @@ CREATE TABLE IF NOT EXISTS conversations (
 _MIGRATIONS = (
     ("turns", "ref", "INTEGER"),
     ("turns", "reasoning", "TEXT NOT NULL DEFAULT ''"),
+    ("turns", "images", "TEXT NOT NULL DEFAULT ''"),
     ("conversations", "epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("conversations", "summary_at", "REAL NOT NULL DEFAULT 0"),
 )
@@ -121,7 +132,7 @@ class SqliteHistoryStore:
         rows = (
             self._connect()
             .execute(
-                "SELECT id, role, content, ref, reasoning FROM turns "
+                "SELECT id, role, content, ref, reasoning, images FROM turns "
                 "WHERE conversation = ? AND id > ? "
                 "AND id <= ? ORDER BY id",
                 (conversation, after, upto if upto is not None else 2**62),
@@ -129,7 +140,8 @@ class SqliteHistoryStore:
             .fetchall()
         )
         return [
-            Turn(role, content, id, ref, reasoning) for id, role, content, ref, reasoning in rows
+            Turn(role, content, id, ref, reasoning, _images_from(images))
+            for id, role, content, ref, reasoning, images in rows
         ]
 
     async def append(
@@ -161,9 +173,17 @@ class SqliteHistoryStore:
             )
             for turn in turns:
                 cursor = db.execute(
-                    "INSERT INTO turns (conversation, role, content, created_at, ref, reasoning) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (conversation, turn.role, turn.content, now, turn.ref, turn.reasoning),
+                    "INSERT INTO turns (conversation, role, content, created_at, ref, reasoning, "
+                    "images) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        conversation,
+                        turn.role,
+                        turn.content,
+                        now,
+                        turn.ref,
+                        turn.reasoning,
+                        _images_to(turn.images),
+                    ),
                 )
                 stored.append(replace(turn, id=int(cursor.lastrowid or 0)))
         return stored
@@ -243,3 +263,13 @@ class SqliteHistoryStore:
             await self._run(self._db.close)
             self._db = None
         self._executor.shutdown(wait=True)
+
+
+def _images_to(images: tuple[StoredImage, ...]) -> str:
+    # JSON of name and base64 (the form Ollama takes): a turn's images stay in its row, so a
+    # turn is written (and removed) with its images in the same statement.
+    return json.dumps([[i.filename, i.base64] for i in images]) if images else ""
+
+
+def _images_from(text: str) -> tuple[StoredImage, ...]:
+    return tuple(StoredImage(name, data) for name, data in json.loads(text)) if text else ()

@@ -61,6 +61,7 @@ class _Window:
     budget: Budget
     fixed: list[dict[str, str]]
     turns: list[Turn]
+    messages: list[dict[str, Any]]  # the turns as the chat requests send them
     fold: int  # how many of the oldest turns a fold takes in (0: none)
 
     @property
@@ -153,17 +154,20 @@ class Summaries:
         mark (a job prepared early); otherwise whatever brings it down to the target."""
         state = await self.store.get_state(conversation)
         model, system_prompt = self.settings.resolve(state.model, state.system_prompt)
+        info = await self.context.model_info(model)
         budget = await self.context.budget(model)
         estimator = self.context.estimator(model)
         fixed = self.context.fixed_messages(system_prompt, state.summary)
         turns = await self.store.load(conversation, after=state.window_start)
+        # The same messages as the chat requests (images included): same bytes, same cache.
+        messages = self.context.turn_messages(turns, info)
         fixed_tokens = estimator.count(fixed)
-        turn_tokens = [estimator.count_message(t.as_message()) for t in turns]
+        turn_tokens = [estimator.count_message(m) for m in messages]
         if ahead:
             fold = plan_fold_ahead(fixed_tokens, turn_tokens, budget)
         else:
             fold = tokens_to_fit(fixed_tokens, turn_tokens, 0, budget.target)
-        return _Window(state, model, budget, fixed, turns, fold)
+        return _Window(state, model, budget, fixed, turns, messages, fold)
 
     async def _fold(self, conversation: str) -> None:
         """Fold the oldest block of the window into the summary, down to the budget's target."""
@@ -178,13 +182,12 @@ class Summaries:
             has_summary=bool(window.state.summary),
             max_words=min(200, most * 3 // 5),
         )
-        request = [*window.fixed, *(t.as_message() for t in window.turns), instruction]
+        request = [*window.fixed, *window.messages, instruction]
         estimator = self.context.estimator(window.model)
         if estimator.count(request) + most > window.budget.num_ctx:
             # No room for the whole prompt and the summary: send only the block (Ollama would
             # otherwise cut the prompt's beginning, silently). It costs a fresh evaluation.
-            block = window.turns[: window.fold]
-            request = [*window.fixed, *(t.as_message() for t in block), instruction]
+            request = [*window.fixed, *window.messages[: window.fold], instruction]
         try:
             summary, stats = await self._write(window.model, request, window.budget.num_ctx, most)
         except OllamaError as exc:
@@ -194,7 +197,7 @@ class Summaries:
         await self._apply(conversation, window, summary, stats)
 
     async def _write(
-        self, model: str, request: list[dict[str, str]], num_ctx: int, most: int
+        self, model: str, request: list[dict[str, Any]], num_ctx: int, most: int
     ) -> tuple[str, Mapping[str, int]]:
         text, stats = await self.ollama.complete(
             model,

@@ -11,32 +11,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .history_store import Turn
+from .history_store import StoredImage, Turn
 from .ollama import OllamaError
 
 
 @dataclass(frozen=True)
-class Attachment:
-    """A file that came with a message, as a plain record (the Discord layer fills it in)."""
-
-    filename: str
-    url: str
-    content_type: str | None = None
-    size: int = 0
-
-
-@dataclass(frozen=True)
 class UserMessage:
-    """The user's side of a turn: what they typed, who they are (in a shared channel), and
-    what they attached."""
+    """The user's side of a turn: what they typed, who they are (in a shared channel), what
+    came with it as text (a message they quoted, text files), and their images."""
 
     text: str
     speaker: str | None = None  # set where several people share a conversation
-    attachments: tuple[Attachment, ...] = ()
+    extra: str = ""  # a quoted message, text files: read by the model after the text
+    images: tuple[StoredImage, ...] = ()
 
     def prompt_text(self) -> str:
-        """The text as the model reads it: ``Name: text`` where several people talk."""
-        return f"{self.speaker}: {self.text}" if self.speaker else self.text
+        """The text as the model reads it: ``Name: text`` where several people talk, then
+        what came with it."""
+        head = f"{self.speaker}: {self.text}" if self.speaker else self.text
+        return f"{head}\n\n{self.extra}" if self.extra else head
 
 
 class ReplyUndeliverable(Exception):
@@ -124,6 +117,7 @@ class RunningTurn:
     reasoning: str = ""  # what the model thought before answering (never in a prompt)
     done_reason: str = ""  # Ollama's: "stop", or "length" when the answer hit its limit
     undeliverable: str | None = None  # why Discord refuses this reply for good
+    footnote: str | None = None  # said after the answer (e.g. the model cannot see images)
     ended: bool = False  # its one exit was taken (a turn ends once, even if cancelled then)
     stop_note: str | None = None
     keep_partial: bool = False  # stopped by its asker: store what was written, marked stopped

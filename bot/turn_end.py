@@ -50,6 +50,8 @@ class TurnEnd:
         all: an answer nobody saw (Discord refused it) is not kept."""
         turn.ended = True
         note, answer = self._closing(turn, status, error, refusal)
+        if turn.footnote and status != "refused":
+            note = f"{note}\n{turn.footnote}" if note else turn.footnote
         keep = answer is not None and turn.user_turn is not None
         stored = False
         try:

@@ -46,11 +46,17 @@ TOO_MANY_WAITING = (
     "✋ You already have {count} questions waiting here, so I won't answer that one. "
     "Please ask it again once I've answered them."
 )
-ATTACHMENTS_NOT_READ = (
-    "📎 I can't read attachments yet (images, files): please paste the text you want me to "
-    "look at into your message."
-)
-ATTACHMENTS_IGNORED = "*(I can't read attachments yet: I answered your text only.)*"
+
+
+def attachment_not_downloaded(filename: str) -> str:
+    return f"📎 I couldn't download {filename} from Discord; please try attaching it again."
+
+
+def no_vision(model: str) -> str:
+    """A model that cannot see was sent images (they never reach it)."""
+    return f"🖼️ {model} can't see images; `/model` a vision model such as gemma3 to discuss them."
+
+
 BUSY = "⏳ I'm busy with many questions right now. Please try again shortly."
 STOPPED_NOTE = "*(stopped)*"
 LENGTH_NOTE = "⚠️ *(cut off: the answer reached its length limit)*"
@@ -274,7 +280,8 @@ def status_lines(
     """``/status``: the model and how much of its context the conversation uses."""
     percent = 100 * info["tokens_used"] // max(1, info["budget"])
     return [
-        f"**Model:** `{info['model']}`",
+        f"**Model:** `{info['model']}` (sees images: {'yes' if info['vision'] else 'no'}; "
+        f"reasons before answering: {'yes' if info['thinking'] else 'no'})",
         f"**Turns kept:** {info['turns']} (messages sent with each request)",
         f"**Summary of older turns:** {summary_shown(info['summary'], info['summary_at'])}",
         f"**Context used:** about {info['tokens_used']:,} of {info['budget']:,} tokens "

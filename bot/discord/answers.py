@@ -23,8 +23,6 @@ from ..rate_limits import CURRENT_PRIORITY, Priority
 from ..reply_text import Controls
 from ..turn import UserMessage
 from ..user_messages import (
-    ATTACHMENTS_IGNORED,
-    ATTACHMENTS_NOT_READ,
     BUSY,
     BUTTON_EXPIRED,
     HINT,
@@ -39,9 +37,10 @@ from ..user_messages import (
     TOO_MANY_WAITING,
     reasoning_shown,
 )
+from .attachments import Gathered, gather
 from .buttons import ButtonPress, demoted_view, shown_controls
 from .ephemeral import tell
-from .intake import Question, conversation_id, is_for_me, question_from
+from .intake import Question, conversation_id, is_for_me, question_from, quoted_message
 from .permissions import Permissions
 from .reply_target import PERMISSION_CODES, DiscordReplySink, DiscordReplyTarget
 
@@ -71,6 +70,7 @@ class Answers:
     ) -> None:
         self.engine = services.engine
         self.metrics = services.metrics
+        self.settings = services.settings
         self.scheduler = scheduler
         self.permissions = permissions
         self.me = me
@@ -94,11 +94,8 @@ class Answers:
             await self.say(message, RESTARTING)
             return
         question = question_from(message, me)
-        if not question.text:
-            if question.attachments:
-                await self.say(message, ATTACHMENTS_NOT_READ)
-            else:
-                await self.say(message, HINT.format(name=me.display_name if me else "bot"))
+        if not (question.text or question.attachments or question.quoted):
+            await self.say(message, HINT.format(name=me.display_name if me else "bot"))
             return
         queue = self.engine.queue
         if queue.pending(question.conversation, question.author_id) >= PENDING_PER_PERSON:
@@ -108,7 +105,14 @@ class Answers:
             log.info("event=queue_full channel=%s waiting=%d", question.channel_id, queue.waiting)
             await self.say(message, BUSY)
             return
-        await self._answer(message, question)
+        gathered = await gather(
+            question, message.attachments, quoted_message(message, me), self.settings
+        )
+        if gathered.empty:  # only files it could not use: say why, and nothing more
+            hint = HINT.format(name=me.display_name if me else "bot")
+            await self.say(message, "\n".join(gathered.notes) or hint)
+            return
+        await self._answer(message, question, gathered)
 
     async def _too_many(self, message: discord.Message, question: Question) -> None:
         """Beyond PENDING_PER_PERSON, a question is not queued. Its reaction says "not taken"
@@ -123,13 +127,15 @@ class Answers:
         if self.permissions.notices.should_tell("too_many", question.author_id):
             await self.say(message, TOO_MANY_WAITING.format(count=PENDING_PER_PERSON))
 
-    async def _answer(self, message: discord.Message, question: Question) -> None:
+    async def _answer(
+        self, message: discord.Message, question: Question, gathered: Gathered
+    ) -> None:
         await self._reply(
             DiscordReplyTarget(message, self.metrics),
             message.channel,
             question.conversation,
-            question.user_message(),
-            footer=ATTACHMENTS_IGNORED if question.attachments else None,
+            gathered.message,
+            footer="\n".join(gathered.notes) or None,
             user_id=question.author_id,
             ref=question.message_id,
             log_fields=f"channel={question.channel_id} message={question.message_id} "

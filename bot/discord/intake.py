@@ -8,12 +8,30 @@ from dataclasses import dataclass
 
 import discord
 
-from ..turn import Attachment, UserMessage
+from ..turn import UserMessage
 
 
 def conversation_id(channel_id: int) -> str:
     """Each channel, thread and DM channel has its own id, hence its own history."""
     return f"discord:{channel_id}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file that came with a message, as a plain record."""
+
+    filename: str
+    content_type: str | None
+    size: int  # bytes, as Discord declares it (known before downloading)
+
+
+@dataclass(frozen=True)
+class Quoted:
+    """Someone else's message that the question replies to ("@bot what does this mean?")."""
+
+    author_name: str
+    text: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -29,11 +47,15 @@ class Question:
     in_guild: bool
     reply_to: int | None = None  # the message it replies to, if any
     attachments: tuple[Attachment, ...] = ()
+    quoted: Quoted | None = None
+
+    @property
+    def speaker(self) -> str | None:
+        # Several people share a server channel's history: tell the model who is speaking.
+        return self.author_name if self.in_guild else None
 
     def user_message(self) -> UserMessage:
-        # Several people share a server channel's history: tell the model who is speaking.
-        speaker = self.author_name if self.in_guild else None
-        return UserMessage(self.text, speaker=speaker, attachments=self.attachments)
+        return UserMessage(self.text, speaker=self.speaker)
 
 
 def is_for_me(message: discord.Message, me: discord.abc.User | None) -> bool:
@@ -69,8 +91,23 @@ def prompt_text(message: discord.Message, me: discord.abc.User | None) -> str:
     return text.strip()
 
 
+def quoted_message(message: discord.Message, me: discord.abc.User | None) -> discord.Message | None:
+    """The message this one replies to, if it is someone else's (a reply to the bot's own
+    message just continues the conversation)."""
+    reference = message.reference
+    resolved = reference.resolved if reference is not None else None
+    if not isinstance(resolved, discord.Message) or (me is not None and resolved.author == me):
+        return None
+    return resolved
+
+
+def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
+    return tuple(Attachment(a.filename, a.content_type, a.size) for a in message.attachments)
+
+
 def question_from(message: discord.Message, me: discord.abc.User | None) -> Question:
     reference = message.reference
+    quoted = quoted_message(message, me)
     return Question(
         conversation=conversation_id(message.channel.id),
         channel_id=message.channel.id,
@@ -80,7 +117,10 @@ def question_from(message: discord.Message, me: discord.abc.User | None) -> Ques
         text=prompt_text(message, me),
         in_guild=message.guild is not None,
         reply_to=reference.message_id if reference is not None else None,
-        attachments=tuple(
-            Attachment(a.filename, a.url, a.content_type, a.size) for a in message.attachments
+        attachments=attachments_of(message),
+        quoted=(
+            Quoted(quoted.author.display_name, prompt_text(quoted, me), attachments_of(quoted))
+            if quoted is not None
+            else None
         ),
     )
