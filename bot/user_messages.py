@@ -289,3 +289,81 @@ def status_lines(
         f"**System prompt:** {'this channel' if own_system_prompt else 'default'}"
         f"{'' if system_prompt else ' (empty)'}",
     ]
+
+
+# --- attachments -----------------------------------------------------------------------------
+# Why an attached file is not used (bot/attachments.py), one short sentence each, naming the
+# file so that several can be listed together; and the line that tells the model a text file
+# was cut. Names are shown in backticks: Discord would read "my_notes_v2.txt" as italics.
+
+ATTACHMENT_IMAGE_FORMATS = "PNG, JPEG, WebP and GIF"
+
+
+def _attached_name(filename: str) -> str:
+    shown = " ".join(filename.replace("`", "'").split()) or "(no name)"
+    return f"`{shown if len(shown) <= 100 else shown[:99] + '…'}`"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:,.1f}".removesuffix(".0") + " MB"
+
+
+def attachment_too_big(filename: str, size: int, limit: int) -> str:
+    return (
+        f"I didn't open {_attached_name(filename)}: it is too big "
+        f"({_megabytes(size)}; the limit is {_megabytes(limit)})."
+    )
+
+
+def attachment_too_many_images(filename: str, limit: int) -> str:
+    if limit == 0:
+        return f"I didn't look at {_attached_name(filename)}: I can't look at images here."
+    return (
+        f"I didn't look at {_attached_name(filename)}: I look at {limit} "
+        f"image{'' if limit == 1 else 's'} per message at most."
+    )
+
+
+def attachment_image_damaged(filename: str) -> str:
+    return f"I couldn't open {_attached_name(filename)}: the image looks damaged or incomplete."
+
+
+def attachment_image_unsupported(filename: str, kind: str) -> str:
+    return (
+        f"I can't look at {_attached_name(filename)} ({kind}): "
+        f"I can read {ATTACHMENT_IMAGE_FORMATS} images."
+    )
+
+
+def attachment_image_too_large(filename: str, max_pixels: int) -> str:
+    return (
+        f"I didn't open {_attached_name(filename)}: the image has too many pixels for me "
+        f"(the limit is {max_pixels / 1_000_000:g} megapixels). Please send a smaller version."
+    )
+
+
+def attachment_not_utf8(filename: str) -> str:
+    return (
+        f"I can't read {_attached_name(filename)}: it isn't UTF-8 text. "
+        "Save it as UTF-8 and attach it again."
+    )
+
+
+def attachment_binary(filename: str, kind: str | None) -> str:
+    if kind is None:
+        return f"I can't read {_attached_name(filename)}: it is neither text nor an image."
+    return (
+        f"I can't read {_attached_name(filename)} ({kind}): I can only read images and text files."
+    )
+
+
+def attachment_over_text_limit(filename: str, limit: int) -> str:
+    return (
+        f"I didn't read {_attached_name(filename)}: I read {limit:,} characters of text files "
+        "per message, and the files before it used them up."
+    )
+
+
+def attachment_text_cut(filename: str, chars: int) -> str:
+    """For the model, after a text file that was cut (in the message it reads)."""
+    return f"[only the first {chars:,} characters of {filename} were read]"
