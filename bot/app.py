@@ -33,6 +33,10 @@ def open_history_store(url: str) -> HistoryStore:
         return MemoryHistoryStore()
     if url.startswith("sqlite:///"):
         return SqliteHistoryStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("redis://", "rediss://")):
+        from .redis_store import RedisHistoryStore  # imports redis only for those who use it
+
+        return RedisHistoryStore(url)
     raise ValueError(f"unknown history store {url!r}")
 
 

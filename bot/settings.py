@@ -132,13 +132,39 @@ def _parse_url(name: str, value: str) -> str:
 
 
 def _parse_store(name: str, value: str) -> str:
+    forms = (
+        "sqlite:///path/to/file.db, redis://[:password@]host:port/db (rediss:// for TLS) "
+        "or memory://"
+    )
     if value == "memory://" or value.startswith("sqlite:///"):
         if value.startswith("sqlite:///") and len(value) == len("sqlite:///"):
             raise ConfigError(
                 f"{name} needs a file path after sqlite:///, e.g. sqlite:///data/history.db"
             )
         return value
-    raise ConfigError(f"{name} must be sqlite:///path/to/file.db or memory://, not {value!r}")
+    # Never repeat a password in an error message (it ends up in logs): all before the last
+    # "@" goes, even when a password holds a "/" that should have been written %2F.
+    scheme, sep, rest = value.partition("://")
+    _, at, after = rest.rpartition("@")
+    shown = f"{scheme}{sep}***@{after}" if at else value
+    if scheme not in {"redis", "rediss"} or not sep:
+        raise ConfigError(f"{name} must be {forms}, not {shown!r}")
+    example = "e.g. redis://:password@localhost:6379/0"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # None when left out: Redis's 6379
+    except ValueError:  # a port that is not a number, a broken [IPv6] address
+        parts, port = urlsplit(""), -1
+    if not parts.hostname or (port is not None and not 1 <= port <= 65535):
+        raise ConfigError(
+            f"{name} needs a host and a port from 1 to 65535, {example} (a password's / ? # @ "
+            f"written %2F %3F %23 %40): {shown!r}"
+        )
+    if parts.path not in {"", "/"} and not parts.path[1:].isdigit():
+        raise ConfigError(f"{name} must end with a database number, {example}: {shown!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name} takes no ?options or #fragment, {example}: {shown!r}")
+    return value
 
 
 def _parse_log_file(name: str, value: str) -> str:
