@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -58,7 +58,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from .history_store import ConversationState, StateChange, StoreError, Turn, changed
+from .history_store import ConversationState, StateChange, StoredImage, StoreError, Turn, changed
+from .settings import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +110,6 @@ local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('SET', KEYS[3], epoch, 'EX', 600)
 return epoch
 """
-
-
-def shown_url(url: str) -> str:
-    """``url`` fit for logs and error messages: any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    # "redis://secret@host" sends "secret" as the password too: hide all of it.
-    user = f"{parts.username}:" if parts.password is not None and parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 class RedisHistoryStore:
@@ -308,14 +298,21 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _payload(turn: Turn, now: float) -> str:
     if not isinstance(turn.role, str) or not isinstance(turn.content, str):
         raise TypeError(f"a turn's role and content must be text, not {turn!r}")
-    body = {"role": turn.role, "content": turn.content, "ref": turn.ref, "at": now}
+    body: dict[str, Any] = {"role": turn.role, "content": turn.content, "ref": turn.ref, "at": now}
+    if turn.reasoning:
+        body["reasoning"] = turn.reasoning
+    if turn.images:  # kept in the turn's own entry: written and removed with it
+        body["images"] = [[image.filename, image.base64] for image in turn.images]
     return json.dumps(body, ensure_ascii=False)
 
 
 def _turn(member: object) -> Turn:
     id, _, payload = str(member).partition(":")
     body = json.loads(payload)
-    return Turn(body["role"], body["content"], int(id), body.get("ref"))
+    images = tuple(StoredImage(name, data) for name, data in body.get("images", ()))
+    return Turn(
+        body["role"], body["content"], int(id), body.get("ref"), body.get("reasoning", ""), images
+    )
 
 
 def _state(fields: Mapping[Any, Any]) -> ConversationState:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434"
 DEFAULT_MODEL = "llama3.2"
@@ -28,7 +28,7 @@ class Settings:
     ollama_url: str = DEFAULT_OLLAMA_URL
     ollama_model: str = DEFAULT_MODEL
     system_prompt: str = ""
-    history_store: str = DEFAULT_HISTORY_STORE
+    history_store: str = field(default=DEFAULT_HISTORY_STORE, repr=False)  # may hold a password
     edit_interval: float = 1.0
     ollama_keep_alive: str | float | None = None
     ollama_options: Mapping[str, Any] = field(default_factory=dict)
@@ -99,7 +99,19 @@ class Settings:
     def describe(self) -> str:
         """A one-line summary for the start-up log; the token is never part of it."""
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "discord_token"}
+        shown["history_store"] = shown_url(self.history_store)  # a Redis password stays hidden
         return " ".join(f"{name}={value!r}" for name, value in shown.items())
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for logs and error messages: any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    # "redis://secret@host" sends "secret" as the password too: hide all of it.
+    user = f"{parts.username}:" if parts.password is not None and parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def parse_id_list(name: str, value: str) -> frozenset[int]:

@@ -14,7 +14,14 @@ import pytest
 import redis
 
 from bot.app import open_history_store
-from bot.history_store import ConversationState, HistoryStore, MemoryHistoryStore, StoreError, Turn
+from bot.history_store import (
+    ConversationState,
+    HistoryStore,
+    MemoryHistoryStore,
+    StoredImage,
+    StoreError,
+    Turn,
+)
 from bot.redis_store import RedisHistoryStore
 from bot.settings import ConfigError, Settings
 from bot.sqlite_store import SqliteHistoryStore
@@ -109,6 +116,20 @@ async def test_turns_keep_their_text_and_discord_message(store: HistoryStore) ->
     await store.append("discord:1", turns)
     found = await store.load("discord:1")
     assert found == turns and [t.ref for t in found] == [1234567890123456789, None]
+
+
+async def test_turns_keep_their_reasoning_and_images(store: HistoryStore) -> None:
+    image = StoredImage("photo.jpg", "aGVsbG8=")
+    await store.append(
+        "c",
+        [
+            Turn("user", "look", ref=5, images=(image,)),
+            Turn("assistant", "a cat", reasoning="It has whiskers."),
+        ],
+    )
+    question, answer = await store.load("c")
+    assert question.images == (image,) and question.ref == 5
+    assert answer.reasoning == "It has whiskers." and answer.images == ()
 
 
 async def test_turn_ids_are_global_and_never_reused(store: HistoryStore) -> None:
