@@ -39,6 +39,8 @@ class Settings:
     image_history_turns: int = 2
     max_attachment_bytes: int = 10_000_000
     max_text_attachment_chars: int = 20_000
+    shard_count: int | None = None  # SHARD_COUNT: run as a sharded bot (None: one connection)
+    shard_ids: frozenset[int] = frozenset()  # SHARD_IDS: this process's shards (empty: all)
     context_tokens: int = 8192
     max_concurrent: int = 1
     queue_limit: int = 25
@@ -76,6 +78,13 @@ class Settings:
             raw = env.get(name)
             if raw is not None and raw.strip():
                 values[field_name] = parse(name, raw.strip())
+        if values.get("shard_ids") and values.get("shard_count") is None:
+            raise ConfigError("SHARD_IDS needs SHARD_COUNT (how many shards the bot has in all)")
+        if any(i >= values.get("shard_count", 0) for i in values.get("shard_ids", ())):
+            raise ConfigError(
+                f"SHARD_IDS must be below SHARD_COUNT ({values['shard_count']}): shard ids count "
+                f"from 0, not {sorted(values['shard_ids'])}"
+            )
         legacy = env.get("OLLAMA_THINK", "").strip()
         if legacy and "thinking" not in values:
             # The setting THINKING replaced: true let models reason, false asked them not to.
@@ -315,6 +324,14 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
+def _small_ids(name: str, value: str) -> frozenset[int]:
+    """Small numbers separated by commas (shard ids)."""
+    entries = value.replace(",", " ").split()
+    if not entries or not all(entry.isdigit() for entry in entries):
+        raise ConfigError(f"{name} must list shard numbers such as 0,1, not {value!r}")
+    return frozenset(int(entry) for entry in entries)
+
+
 def _port(name: str, value: str) -> int:
     port = _parse_int(name, value, minimum=0)
     if port > 65535:
@@ -366,4 +383,6 @@ _PARSERS: dict[str, tuple[str, Parser]] = {
     "ALLOW_DMS": ("allow_dms", _parse_bool),
     "RESET_REQUIRES_ADMIN": ("reset_requires_admin", _parse_bool),
     "LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+    "SHARD_COUNT": ("shard_count", _whole(1)),
+    "SHARD_IDS": ("shard_ids", _small_ids),
 }

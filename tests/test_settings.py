@@ -228,3 +228,17 @@ def test_think_is_sent_only_to_models_that_can_think() -> None:
     assert Settings.from_env({}).think_field(model_can_think=False) is None
     assert Settings.from_env({}).think_field(model_can_think=True) is True
     assert Settings.from_env({"THINKING": "off"}).think_field(model_can_think=True) is False
+
+
+def test_shards_are_read_and_checked() -> None:
+    settings = Settings.from_env({"SHARD_COUNT": "4", "SHARD_IDS": "0, 2"})
+    assert settings.shard_count == 4 and settings.shard_ids == {0, 2}
+    assert Settings.from_env({}).shard_count is None
+    for env, word in (
+        ({"SHARD_IDS": "0"}, "SHARD_COUNT"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "2"}, "below SHARD_COUNT"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "one"}, "SHARD_IDS"),
+        ({"SHARD_COUNT": "0"}, "SHARD_COUNT"),
+    ):
+        with pytest.raises(ConfigError, match=word):
+            Settings.from_env(env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import discord
 
@@ -52,7 +53,9 @@ class OllacordBot(discord.Client):
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = settings.message_content_intent
-        super().__init__(intents=intents, allowed_mentions=ALLOWED_MENTIONS)
+        super().__init__(
+            intents=intents, allowed_mentions=ALLOWED_MENTIONS, **self.shard_options(settings)
+        )
         self.settings = settings
         self.services = services or Services.build(settings, clock=clock)
         self.services.gateway_up = self.gateway_is_up
@@ -70,6 +73,11 @@ class OllacordBot(discord.Client):
         self.tree = OllacordTree(self)
         SlashCommands(self.services, self.permissions).install(self.tree)
         self._rate_limit_counter = RateLimitLogCounter(self.services.metrics)
+
+    @staticmethod
+    def shard_options(settings: Settings) -> dict[str, Any]:
+        """One process, one connection (the sharded bot below runs several)."""
+        return {}
 
     # The parts tests and the health server look at.
     @property
@@ -153,6 +161,19 @@ class OllacordBot(discord.Client):
         await self.close_resources()
 
 
+class ShardedOllacordBot(OllacordBot, discord.AutoShardedClient):
+    """The bot for SHARD_COUNT/SHARD_IDS: this process runs those of the bot's shards (each
+    guild belongs to shard ``(guild_id >> 22) % SHARD_COUNT``; DMs to shard 0). Several such
+    processes share one Redis history (HISTORY_STORE=redis://...)."""
+
+    @staticmethod
+    def shard_options(settings: Settings) -> dict[str, Any]:
+        ids = sorted(settings.shard_ids) if settings.shard_ids else None
+        return {"shard_count": settings.shard_count, "shard_ids": ids}
+
+
 def create_bot(settings: Settings, *, clock: Clock = time.monotonic) -> OllacordBot:
     """Build the bot, ready for ``await bot.start(settings.discord_token)``."""
+    if settings.shard_count is not None:
+        return ShardedOllacordBot(settings, clock=clock)
     return OllacordBot(settings, clock=clock)
