@@ -97,9 +97,10 @@ CLOSE_DECODE_ERROR = 4002
 CLOSE_NOT_AUTHENTICATED = 4003
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
-#: "You sent an invalid shard when identifying."
+#: "You sent us an invalid shard when identifying." (Discord: Opcodes and Status Codes)
 CLOSE_INVALID_SHARD = 4010
-#: "The session would have handled too many guilds - you are required to shard your connection."
+#: "The session would have handled too many guilds - you are required to shard your
+#: connection in order to connect."
 CLOSE_SHARDING_REQUIRED = 4011
 CLOSE_INVALID_API_VERSION = 4012
 CLOSE_DISALLOWED_INTENTS = 4014
@@ -1635,7 +1636,7 @@ class FakeDiscord(ThreadedServer):
     def _identify_shard(self, shard: Any) -> tuple[int, int] | int:
         """IDENTIFY's ``shard`` as (id, count), or the close code that refuses it.
 
-        Discord: 4010 Invalid shard ("You sent an invalid shard when identifying"), 4011
+        Discord: 4010 Invalid shard ("You sent us an invalid shard when identifying"), 4011
         Sharding required ("The session would have handled too many guilds")."""
         if shard is None:
             return CLOSE_SHARDING_REQUIRED if self.shard_count > 1 else (0, 1)
