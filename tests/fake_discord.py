@@ -59,7 +59,7 @@ from aiohttp import web
 
 from tests.threaded_server import ThreadedServer
 
-__all__ = ["FakeDiscord", "RecordedRequest"]
+__all__ = ["FakeDiscord", "RecordedDispatch", "RecordedRequest"]
 
 JSON = dict[str, Any]
 
@@ -97,6 +97,11 @@ CLOSE_DECODE_ERROR = 4002
 CLOSE_NOT_AUTHENTICATED = 4003
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
+#: "You sent us an invalid shard when identifying." (Discord: Opcodes and Status Codes)
+CLOSE_INVALID_SHARD = 4010
+#: "The session would have handled too many guilds - you are required to shard your
+#: connection in order to connect."
+CLOSE_SHARDING_REQUIRED = 4011
 CLOSE_INVALID_API_VERSION = 4012
 CLOSE_DISALLOWED_INTENTS = 4014
 
@@ -271,6 +276,29 @@ class RecordedRequest:
     files: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RecordedDispatch:
+    """One gateway dispatch (op 0) as the fake emitted it to one session, i.e. to one shard.
+
+    ``shard``/``shard_count`` are the receiving session's (``0``/``1`` for a connection that
+    identified without ``shard``). ``guild_id`` is the guild the event is about (None for DMs,
+    READY, RESUMED); ``id`` is the payload's own ``id`` (message, interaction, channel, guild)
+    when it has one, ``channel_id`` its ``channel_id``. Recorded when emitted: an event for a
+    disconnected session is recorded too (it waits in the session's backlog for RESUME), and a
+    RESUME's replay is not recorded again. ``time`` is ``time.perf_counter()``.
+    """
+
+    event: str
+    shard: int
+    shard_count: int
+    session: str
+    seq: int
+    guild_id: int | None
+    channel_id: int | None
+    id: str | None
+    time: float
+
+
 # --------------------------------------------------------------------------------------------
 # Internal state
 # --------------------------------------------------------------------------------------------
@@ -347,6 +375,8 @@ class _Session:
 
     id: str
     intents: int
+    #: (shard id, shard count) from IDENTIFY; (0, 1) when it sent no ``shard``.
+    shard: tuple[int, int] = (0, 1)
     seq: int = 0
     backlog: list[JSON] = field(default_factory=list)
     connection: _Connection | None = None
@@ -428,10 +458,22 @@ class FakeDiscord(ThreadedServer):
       ending in ``Z_SYNC_FLUSH``; plain text frames otherwise). HELLO, IDENTIFY -> READY then one
       GUILD_CREATE per guild, heartbeat ACKs, RESUME (replays missed events then RESUMED;
       unknown session -> op 9), REQUEST_GUILD_MEMBERS -> GUILD_MEMBERS_CHUNK, close codes 4001-
-      4005, 4012, 4014 (privileged intent not allowed). A clean client close (1000/1001) ends the
-      session, any other close keeps it resumable. Events honour intents (GUILDS, GUILD_MESSAGES,
-      DIRECT_MESSAGES, GUILD_MEMBERS) and MESSAGE_CONTENT (content, embeds, attachments and
-      components blanked except in DMs, mentions of the bot and the bot's own messages).
+      4005, 4010/4011 (sharding, below), 4012, 4014 (privileged intent not allowed). A clean
+      client close (1000/1001) ends the session, any other close keeps it resumable. Events
+      honour intents (GUILDS, GUILD_MESSAGES, DIRECT_MESSAGES, GUILD_MEMBERS) and MESSAGE_CONTENT
+      (content, embeds, attachments and components blanked except in DMs, mentions of the bot and
+      the bot's own messages).
+    - Sharding (docs/discord-limits.md#sharding): ``shard_count=N`` is the count Discord requires
+      (``GET /gateway/bot`` answers ``shards: N``). IDENTIFY's ``shard: [id, count]`` is checked as
+      Discord does: a malformed shard or an id outside ``0..count-1`` closes with 4010 Invalid
+      shard; no ``shard`` (or a count below N) when N > 1 closes with 4011 Sharding required; a
+      count above N when N > 1 is refused with 4010 too (Discord would accept over-sharding; the
+      fake refuses it so a misconfigured shard count fails loudly). With N == 1 any valid
+      ``[id, count]`` is accepted. A session gets only its shard's dispatches: a guild's events
+      (READY's guild list, GUILD_CREATE, CHANNEL_*, GUILD_MEMBER_ADD, MESSAGE_*, INTERACTION_CREATE)
+      go to the sessions with ``(guild_id >> 22) % count == id``, events without a guild (DMs) to
+      shard 0. Any number of connections, from one process or several, may be up at once.
+      :meth:`create_guild` spreads guilds over the N shards round-robin (or ``shard=k``).
     - Messages: create (replies with ``message_reference``, ``fail_if_not_exists``), edit, delete,
       get, list, reactions, typing, DM channel creation, multipart uploads (``payload_json`` +
       ``files[n]``). Content must be <= 2000 characters (50035) and a message must not end up
@@ -451,19 +493,24 @@ class FakeDiscord(ThreadedServer):
 
     Observation: :attr:`requests` (every REST call, 429s included), :attr:`rate_limited` (429s by
     scope), :attr:`server_errors` (tracebacks of crashes in the fake, answered 500),
-    :meth:`wait_until_ready` (the *latest* IDENTIFY got READY and its GUILD_CREATEs, so it also
-    works across bot restarts), :attr:`identifies`, :attr:`resumes`, :attr:`gateway_connections`.
+    :meth:`wait_until_ready` (the *latest* IDENTIFY of each shard, or of one ``shard=k``, got
+    READY and its GUILD_CREATEs, so it also works across bot restarts), :attr:`identifies`,
+    :attr:`identifies_by_shard`, :attr:`resumes`, :attr:`gateway_connections`,
+    :attr:`gateway_close_codes`, :attr:`dispatches` (every dispatch with the shard it went to) and
+    :meth:`dispatched_to`, :meth:`shard_of`, :meth:`guilds_on_shard`.
 
     Options: ``rate_limits=False`` turns off limits *and* headers; ``send_ratelimit_headers=False``
     keeps the limits but hides the ``X-RateLimit-*`` headers, so a client learns of a limit only
-    from the 429 itself; ``shared_message_bucket=False`` gives edits their own bucket.
+    from the 429 itself; ``shared_message_bucket=False`` gives edits their own bucket;
+    ``shard_count`` (default 1) and ``max_concurrency`` (reported in ``session_start_limit``).
 
     Not modelled: permissions (the bot may do anything), allowed_mentions beyond which users end
     up in ``mentions``, threads, voice, presences, stickers, polls, gateway send rate limits and
-    identify concurrency, heartbeat timeouts (a silent client is never dropped; a disconnected
-    session stays resumable for ``SESSION_RESUME_WINDOW`` seconds, a number Discord does not
-    publish), the invalid-request Cloudflare ban (only counted in :attr:`invalid_requests`),
-    sharding (``shards`` is always 1), attachment downloads.
+    identify concurrency (``max_concurrency`` is only reported), heartbeat timeouts (a silent
+    client is never dropped; a disconnected session stays resumable for
+    ``SESSION_RESUME_WINDOW`` seconds, a number Discord does not publish), the invalid-request
+    Cloudflare ban (only counted in :attr:`invalid_requests`), the 2,500-guilds-per-shard rule
+    (N is given, not derived from the guild count), attachment downloads.
     """
 
     def __init__(
@@ -483,12 +530,18 @@ class FakeDiscord(ThreadedServer):
         interaction_deadline: float = 3.0,
         heartbeat_interval: float = 41.25,
         message_content_allowed: bool = True,
+        shard_count: int = 1,
+        max_concurrency: int = 1,
         token: str = "fake-token",
         bot_name: str = "ollacord",
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         super().__init__(host, port)
+        if shard_count < 1 or max_concurrency < 1:
+            raise ValueError("shard_count and max_concurrency must be at least 1")
+        self.shard_count = shard_count
+        self.max_concurrency = max_concurrency
         self.message_limit = message_limit
         self.message_window = message_window
         self.global_limit = global_limit
@@ -517,6 +570,12 @@ class FakeDiscord(ThreadedServer):
         self.gateway_connections = 0
         self.identifies = 0
         self.resumes = 0
+        self._identifies_by_shard: dict[int, int] = {}
+        #: Per shard id: ordinal of its latest IDENTIFY, and the highest one that is ready.
+        self._identified: dict[int, int] = {}
+        self._shard_ready_for: dict[int, int] = {}
+        self._dispatches: list[RecordedDispatch] = []
+        self._close_codes: list[int] = []
 
         self._users: dict[int, JSON] = {}
         self._guilds: dict[int, _Guild] = {}
@@ -590,11 +649,20 @@ class FakeDiscord(ThreadedServer):
 
     # ================================================================ control API: world
 
-    def create_guild(self, name: str = "Test Guild") -> int:
+    def create_guild(self, name: str = "Test Guild", *, shard: int | None = None) -> int:
         """Create a guild the bot is in (with every known user as a member). Dispatched as
-        GUILD_CREATE if the bot is already connected."""
+        GUILD_CREATE to its shard's connection if that is up.
+
+        Its id lands on shard ``shard`` (``0..shard_count-1``) or, by default, round-robin: the
+        n-th guild created goes to shard ``n % shard_count``, so 10 guilds over 2 shards are 5
+        and 5. The id is a valid snowflake whose timestamp part is advanced to the next
+        millisecond with the right remainder (see :meth:`_new_guild_id`)."""
         with self._lock:
-            guild_id = self._new_id()
+            if shard is None:
+                shard = len(self._guilds) % self.shard_count
+            elif not 0 <= shard < self.shard_count:
+                raise ValueError(f"shard {shard} is not in 0..{self.shard_count - 1}")
+            guild_id = self._new_guild_id(shard)
             guild = _Guild(id=guild_id, name=name, owner_id=self._owner_id)
             guild.bot_role_id = self._new_id()
             for user_id in self._users:
@@ -659,10 +727,24 @@ class FakeDiscord(ThreadedServer):
             )
         return user_id
 
-    def wait_until_ready(self, timeout: float = 10) -> bool:
+    def wait_until_ready(self, timeout: float = 10, *, shard: int | None = None) -> bool:
         """True once the latest IDENTIFY was answered with READY and every GUILD_CREATE (on the
-        wire). After a restart of the bot this waits for the new session, not the old one."""
-        return self.wait_for(lambda f: 0 < f.identifies <= f._ready_for, timeout)
+        wire). After a restart of the bot this waits for the new session, not the old one.
+
+        Per shard: with ``shard=k``, shard k's latest IDENTIFY; by default every shard's, for
+        shards ``0..shard_count-1`` and any other shard id a client identified with (a
+        connection without ``shard`` counts as shard 0)."""
+
+        def ready(f: FakeDiscord) -> bool:
+            with f._lock:
+                shards = {shard} if shard is not None else set(range(f.shard_count))
+                if shard is None:
+                    shards |= set(f._identified)
+                return all(
+                    0 < f._identified.get(k, 0) <= f._shard_ready_for.get(k, 0) for k in shards
+                )
+
+        return self.wait_for(ready, timeout)
 
     # ================================================================ control API: actors
 
@@ -814,19 +896,24 @@ class FakeDiscord(ThreadedServer):
                 ],
             }
 
-    def disconnect_gateway(self, code: int = CLOSE_UNKNOWN_ERROR) -> None:
-        """Close every gateway websocket with ``code`` (4000: the client should RESUME)."""
-        self._call_in_loop(lambda: self._close_all(code), wait=True)
+    def disconnect_gateway(
+        self, code: int = CLOSE_UNKNOWN_ERROR, *, shard: int | None = None
+    ) -> None:
+        """Close every gateway websocket (or those of shard ``shard``) with ``code`` (4000: the
+        client should RESUME)."""
+        self._call_in_loop(lambda: self._close_all(code, shard), wait=True)
 
-    def invalidate_sessions(self) -> None:
-        """Send op 9 (not resumable) on every connection and forget all sessions."""
-        self._call_in_loop(self._invalidate_all, wait=True)
+    def invalidate_sessions(self, *, shard: int | None = None) -> None:
+        """Send op 9 (not resumable) on every connection (or shard ``shard``'s) and forget
+        those sessions."""
+        self._call_in_loop(lambda: self._invalidate_all(shard), wait=True)
 
-    def request_reconnect(self) -> None:
-        """Send op 7 RECONNECT on every connection (the client should reconnect and RESUME)."""
+    def request_reconnect(self, *, shard: int | None = None) -> None:
+        """Send op 7 RECONNECT on every connection (or shard ``shard``'s): the client should
+        reconnect and RESUME."""
 
         def reconnect() -> None:
-            for conn in list(self._connections):
+            for conn in self._connections_of(shard):
                 conn.send({"op": OP_RECONNECT, "d": None, "s": None, "t": None})
 
         self._call_in_loop(reconnect, wait=True)
@@ -872,6 +959,50 @@ class FakeDiscord(ThreadedServer):
     def guild_commands(self, guild_id: int) -> dict[str, JSON]:
         with self._lock:
             return copy.deepcopy(self._guild_commands.get(guild_id, {}))
+
+    # ---------------------------------------------------------------- sharding
+
+    def shard_of(self, guild_id: int) -> int:
+        """The shard that carries a guild's events: ``(guild_id >> 22) % shard_count``."""
+        return (guild_id >> 22) % self.shard_count
+
+    def guilds_on_shard(self, shard: int) -> list[int]:
+        """Ids of the guilds on shard ``shard``, in creation order."""
+        with self._lock:
+            return [g for g in self._guilds if self.shard_of(g) == shard]
+
+    @property
+    def identifies_by_shard(self) -> dict[int, int]:
+        """Accepted IDENTIFYs per shard id (one without ``shard`` counts as shard 0); refused
+        ones (4004, 4010, 4011, ...) are not counted, as in :attr:`identifies`."""
+        with self._lock:
+            return dict(sorted(self._identifies_by_shard.items()))
+
+    @property
+    def dispatches(self) -> list[RecordedDispatch]:
+        """Every dispatch emitted so far, one record per receiving session (a snapshot)."""
+        with self._lock:
+            return list(self._dispatches)
+
+    def dispatched_to(self, event: str, object_id: int | str | None = None) -> list[int]:
+        """The shard ids that ``event`` went to, in emission order (one per receiving session),
+        optionally only for the payload ``id`` ``object_id`` (e.g. a message or interaction id).
+        ``dispatched_to("MESSAGE_CREATE", message_id) == [1]``: exactly one session, on shard 1,
+        got it."""
+        wanted = None if object_id is None else str(object_id)
+        with self._lock:
+            return [
+                d.shard
+                for d in self._dispatches
+                if d.event == event and (wanted is None or d.id == wanted)
+            ]
+
+    @property
+    def gateway_close_codes(self) -> list[int]:
+        """Close codes the fake closed gateway sockets with, in order (4010, 4011, 4004, ...;
+        not the 1001 of :meth:`stop`)."""
+        with self._lock:
+            return list(self._close_codes)
 
     # ================================================================ cross-thread plumbing
 
@@ -922,6 +1053,19 @@ class FakeDiscord(ThreadedServer):
             ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
             candidate = ms << 22
             self._last_id = max(candidate, self._last_id + 1)
+            return self._last_id
+
+    def _new_guild_id(self, shard: int) -> int:
+        """A snowflake on shard ``shard``: the next millisecond (past every id made so far, and
+        not before now) whose ``% shard_count`` is ``shard``, with a zero increment. Guild ids
+        made back to back thus differ in ``>> 22`` and spread over shards deterministically,
+        and ids stay strictly increasing (the clock part runs at most ``shard_count`` ms
+        ahead per guild)."""
+        with self._lock:
+            now_ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+            ms = max(now_ms, (self._last_id >> 22) + 1)
+            ms += (shard - ms) % self.shard_count
+            self._last_id = ms << 22
             return self._last_id
 
     @staticmethod
@@ -1389,6 +1533,8 @@ class FakeDiscord(ThreadedServer):
             item = await conn.queue.get()
             try:
                 if item.payload is None:
+                    with self._lock:
+                        self._close_codes.append(item.close_code)
                     await conn.ws.close(code=item.close_code)
                     return
                 text = json.dumps(item.payload, separators=(",", ":"), ensure_ascii=False)
@@ -1439,12 +1585,19 @@ class FakeDiscord(ThreadedServer):
         if intents & INTENT_MESSAGE_CONTENT and not self.message_content_allowed:
             conn.close(CLOSE_DISALLOWED_INTENTS)
             return
+        shard = self._identify_shard(data.get("shard"))
+        if isinstance(shard, int):
+            conn.close(shard)
+            return
+        shard_id, shard_count = shard
         with self._lock:
             self.identifies += 1
             ordinal = self.identifies
-            session = _Session(id=secrets.token_hex(16), intents=intents)
+            self._identifies_by_shard[shard_id] = self._identifies_by_shard.get(shard_id, 0) + 1
+            self._identified[shard_id] = ordinal
+            session = _Session(id=secrets.token_hex(16), intents=intents, shard=shard)
             self._sessions[session.id] = session
-            guild_ids = list(self._guilds)
+            guild_ids = [g for g in self._guilds if self._on_shard(session, g)]
         session.connection = conn
         conn.session = session
         ready: JSON = {
@@ -1454,7 +1607,7 @@ class FakeDiscord(ThreadedServer):
             "session_id": session.id,
             "resume_gateway_url": self.gateway_url,
             "session_type": "normal",
-            "shard": data.get("shard", [0, 1]),
+            "shard": [shard_id, shard_count],
             "application": {"id": str(self.application_id), "flags": self._application_flags()},
             "private_channels": [],
             "relationships": [],
@@ -1473,11 +1626,48 @@ class FakeDiscord(ThreadedServer):
                 payload = self._for_session(session, "GUILD_CREATE", self._guild_create(guild_id))
                 assert payload is not None
                 self._emit_to(session, "GUILD_CREATE", payload, sent=last)
-        last.add_done_callback(lambda _: self._mark_ready(ordinal))
+        last.add_done_callback(lambda _: self._mark_ready(ordinal, shard_id))
 
-    def _mark_ready(self, ordinal: int) -> None:
+    def _mark_ready(self, ordinal: int, shard_id: int) -> None:
         with self._lock:
             self._ready_for = max(self._ready_for, ordinal)
+            self._shard_ready_for[shard_id] = max(self._shard_ready_for.get(shard_id, 0), ordinal)
+
+    def _identify_shard(self, shard: Any) -> tuple[int, int] | int:
+        """IDENTIFY's ``shard`` as (id, count), or the close code that refuses it.
+
+        Discord: 4010 Invalid shard ("You sent us an invalid shard when identifying"), 4011
+        Sharding required ("The session would have handled too many guilds")."""
+        if shard is None:
+            return CLOSE_SHARDING_REQUIRED if self.shard_count > 1 else (0, 1)
+        if (
+            not isinstance(shard, list)
+            or len(shard) != 2
+            or not all(type(x) is int for x in shard)
+            or not 0 <= shard[0] < shard[1]
+        ):
+            return CLOSE_INVALID_SHARD
+        if shard[1] < self.shard_count:
+            return CLOSE_SHARDING_REQUIRED  # each session would carry too many guilds
+        if self.shard_count > 1 and shard[1] != self.shard_count:
+            return CLOSE_INVALID_SHARD  # over-sharding: Discord allows it, the fake refuses it
+        return shard[0], shard[1]
+
+    @staticmethod
+    def _on_shard(session: _Session, guild_id: int | None) -> bool:
+        """Whether a session gets the events of ``guild_id`` (None: no guild, i.e. a DM)."""
+        shard_id, shard_count = session.shard
+        if guild_id is None:
+            return shard_id == 0
+        return (guild_id >> 22) % shard_count == shard_id
+
+    @staticmethod
+    def _event_guild(event: str, data: JSON) -> int | None:
+        """The guild an event is about (GUILD_CREATE/UPDATE/DELETE carry it as ``id``)."""
+        guild_id = data.get("guild_id")
+        if guild_id is None and event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"):
+            guild_id = data.get("id")
+        return int(guild_id) if guild_id is not None else None
 
     def _resume(self, conn: _Connection, data: JSON) -> None:
         session = self._sessions.get(str(data.get("session_id")))
@@ -1535,6 +1725,20 @@ class FakeDiscord(ThreadedServer):
         """Number an event in the session and send it if connected (else it waits for RESUME)."""
         session.seq += 1
         frame: JSON = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+        channel_id = data.get("channel_id")
+        record = RecordedDispatch(
+            event=event,
+            shard=session.shard[0],
+            shard_count=session.shard[1],
+            session=session.id,
+            seq=session.seq,
+            guild_id=self._event_guild(event, data),
+            channel_id=int(channel_id) if channel_id is not None else None,
+            id=str(data["id"]) if data.get("id") is not None else None,
+            time=time.perf_counter(),
+        )
+        with self._lock:
+            self._dispatches.append(record)
         session.backlog.append(frame)
         if len(session.backlog) > 1000:
             del session.backlog[:-1000]
@@ -1544,10 +1748,12 @@ class FakeDiscord(ThreadedServer):
             sent.set_result(None)
 
     def _emit(self, event: str, data: JSON, *, intent: int = 0) -> list[asyncio.Future[None]]:
-        """Dispatch an event to every session whose intents allow it (runs on the fake loop)."""
+        """Dispatch an event to every session of its guild's shard (shard 0 for DMs) whose
+        intents allow it (runs on the fake loop)."""
         futures: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
+        guild_id = self._event_guild(event, data)
         for session in list(self._sessions.values()):
             if (
                 session.detached_at is not None
@@ -1557,6 +1763,8 @@ class FakeDiscord(ThreadedServer):
                 del self._sessions[session.id]
                 continue
             if intent and not session.intents & intent:
+                continue
+            if not self._on_shard(session, guild_id):
                 continue
             payload = self._for_session(session, event, data)
             if payload is None:
@@ -1601,15 +1809,28 @@ class FakeDiscord(ThreadedServer):
         if futures:
             await asyncio.wait(futures, timeout=5)
 
-    def _close_all(self, code: int) -> None:
-        for conn in list(self._connections):
+    def _connections_of(self, shard: int | None) -> list[_Connection]:
+        """Open connections, all of them or those identified (or resumed) on shard ``shard``."""
+        return [
+            conn
+            for conn in list(self._connections)
+            if shard is None or (conn.session is not None and conn.session.shard[0] == shard)
+        ]
+
+    def _close_all(self, code: int, shard: int | None = None) -> None:
+        for conn in self._connections_of(shard):
             conn.close(code)
 
-    def _invalidate_all(self) -> None:
-        for conn in list(self._connections):
+    def _invalidate_all(self, shard: int | None = None) -> None:
+        for conn in self._connections_of(shard):
             conn.send({"op": OP_INVALID_SESSION, "d": False, "s": None, "t": None})
             conn.session = None
-        self._sessions.clear()
+        if shard is None:
+            self._sessions.clear()
+        else:
+            for session in list(self._sessions.values()):
+                if session.shard[0] == shard:
+                    del self._sessions[session.id]
 
     # ================================================================ interactions
 
@@ -2033,12 +2254,12 @@ class FakeDiscord(ThreadedServer):
     async def _get_gateway_bot(self, call: _Call) -> tuple[int, Any]:
         return 200, {
             "url": self.gateway_url,
-            "shards": 1,
+            "shards": self.shard_count,
             "session_start_limit": {
                 "total": 1000,
-                "remaining": 1000 - self.identifies,
+                "remaining": max(0, 1000 - self.identifies),
                 "reset_after": 86_400_000,
-                "max_concurrency": 1,
+                "max_concurrency": self.max_concurrency,
             },
         }
 
@@ -2439,8 +2660,9 @@ class FakeDiscord(ThreadedServer):
 def main(argv: list[str] | None = None) -> int:
     """Run the fake in the foreground until SIGINT/SIGTERM (manual and out-of-process runs).
 
-    Creates one guild with the given channels and users, then prints the URLs, ids and the env
-    lines that point ``python -m bot`` at it.
+    Creates ``--guilds`` guilds (one by default, spread over ``--shards`` shards) with the given
+    channels and users, then prints the URLs, ids and the env lines that point ``python -m bot``
+    at it.
     """
     parser = argparse.ArgumentParser(prog="python -m tests.fake_discord", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -2453,6 +2675,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-limit", type=int, default=50)
     parser.add_argument("--no-rate-limits", action="store_true")
     parser.add_argument("--no-ratelimit-headers", action="store_true")
+    parser.add_argument("--shards", type=int, default=1, help="shard count Discord requires")
+    parser.add_argument("--guilds", type=int, default=1, help="guilds, round-robin over shards")
     args = parser.parse_args(argv)
 
     fake = FakeDiscord(
@@ -2461,6 +2685,7 @@ def main(argv: list[str] | None = None) -> int:
         global_limit=args.global_limit,
         rate_limits=not args.no_rate_limits,
         send_ratelimit_headers=not args.no_ratelimit_headers,
+        shard_count=args.shards,
         token=args.token,
         host=args.host,
         port=args.port,
@@ -2473,12 +2698,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     fake.start()
-    guild = fake.create_guild()
-    channels = {name: fake.create_channel(guild, name) for name in args.channel or ["general"]}
+    guilds = [fake.create_guild() for _ in range(max(1, args.guilds))]
+    channels = {
+        guild: {name: fake.create_channel(guild, name) for name in args.channel or ["general"]}
+        for guild in guilds
+    }
     users = {name: fake.create_user(name) for name in args.user or ["alice"]}
     print(f"fake-discord api {fake.api_url}", flush=True)
-    print(f"fake-discord gateway {fake.gateway_url}", flush=True)
-    print(f"guild {guild} channels {channels} users {users}", flush=True)
+    print(f"fake-discord gateway {fake.gateway_url} shards {fake.shard_count}", flush=True)
+    for guild in guilds:
+        print(
+            f"guild {guild} shard {fake.shard_of(guild)} channels {channels[guild]} users {users}",
+            flush=True,
+        )
     print(f"OLLACORD_DISCORD_API={fake.api_url}", flush=True)
     print(f"OLLACORD_DISCORD_GATEWAY={fake.gateway_url}", flush=True)
     print(f"DISCORD_TOKEN={fake.token}", flush=True)

@@ -4,8 +4,9 @@ Why: the out-of-process tests and the load benchmark trust this fake to be a Dis
 discord.py cannot tell apart from the real one where it matters: login, the zlib-compressed
 gateway, the caches built from READY/GUILD_CREATE, app-command sync and interactions, message
 limits, and above all rate limits (headers that discord.py obeys pre-emptively, 429s it retries).
-So every test runs an unmodified ``discord.Client`` in the test's loop against the fake's thread,
-with only ``Route.BASE`` and ``DiscordWebSocket.DEFAULT_GATEWAY`` pointed at 127.0.0.1.
+So every test runs an unmodified ``discord.Client`` (or ``AutoShardedClient``, for sharding) in
+the test's loop against the fake's thread, with only ``Route.BASE`` and
+``DiscordWebSocket.DEFAULT_GATEWAY`` pointed at 127.0.0.1.
 
 Windows are small (0.5 s) to keep the file fast; no test asserts wall-clock durations.
 """
@@ -13,6 +14,7 @@ Windows are small (0.5 s) to keep the file fast; no test asserts wall-clock dura
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
@@ -32,7 +34,7 @@ import pytest_asyncio
 import yarl
 from discord import app_commands
 
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import DISCORD_EPOCH_MS, FakeDiscord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,12 +55,12 @@ class World:
 class RecordingClient(discord.Client):
     """A plain discord.py client with an app-command tree, recording what it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
         intents.members = True  # so discord.py also asks for member chunks (op 8)
         # guild_ready_timeout: on_ready waits this long after the last GUILD_CREATE (2 s default).
-        super().__init__(intents=intents, guild_ready_timeout=0.05)
+        super().__init__(intents=intents, guild_ready_timeout=0.05, **options)
         self.tree = app_commands.CommandTree(self)
         self.received: asyncio.Queue[discord.Message] = asyncio.Queue()
         self.resumed = asyncio.Event()
@@ -202,6 +204,7 @@ async def test_gateway_bot_and_json_content_type(world: World) -> None:
         assert resp.headers["Content-Type"] == "application/json"
         body = await resp.json()
     assert body["url"] == world.fake.gateway_url and body["shards"] == 1
+    assert body["session_start_limit"]["max_concurrency"] == 1
 
 
 # ------------------------------------------------------------------------------------ messages
@@ -544,6 +547,246 @@ async def test_stop_closes_gateway_sockets(world: World) -> None:
         await asyncio.to_thread(world.fake.stop)
         msg = await receiving
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001  # going away
+
+
+# ------------------------------------------------------------------------------------ sharding
+
+
+class ShardedRecordingClient(RecordingClient, discord.AutoShardedClient):
+    """The same recording client on discord.py's ``AutoShardedClient``: every shard in one client,
+    or only ``shard_ids`` (then it stands for one of several bot processes)."""
+
+
+@dataclass
+class ShardedWorld:
+    """A started fake with ``shard_count=2``, ten guilds (five per shard) with one channel each,
+    and one user; discord.py pointed at it."""
+
+    fake: FakeDiscord
+    channels: dict[int, int]  # guild id -> its "general" channel
+    alice: int
+
+
+@pytest.fixture
+def sharded(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShardedWorld]:
+    fake = FakeDiscord(shard_count=2, message_window=0.5).start()
+    try:
+        guilds = [fake.create_guild(f"Guild {i}") for i in range(10)]
+        channels = {guild: fake.create_channel(guild, "general") for guild in guilds}
+        alice = fake.create_user("alice")
+        monkeypatch.setattr(discord.http.Route, "BASE", fake.api_url)
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url)
+        )
+        yield ShardedWorld(fake, channels, alice)
+        assert fake.server_errors == []
+    finally:
+        fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def connected(client: RecordingClient, token: str) -> AsyncIterator[RecordingClient]:
+    """Run ``client`` in the test's loop until it is ready (all its shards), then close it."""
+    task = asyncio.create_task(client.start(token))
+    try:
+        await asyncio.wait_for(client.wait_until_ready(), timeout=10)
+        yield client
+    finally:
+        await client.close()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=5)
+
+
+def test_guild_ids_spread_over_shards() -> None:
+    """Round-robin by default, ``shard=k`` on demand; ids stay valid, increasing snowflakes."""
+    fake = FakeDiscord(shard_count=2)  # not started: ids and guilds need no server
+    guilds = [fake.create_guild() for _ in range(10)]
+    assert [fake.shard_of(g) for g in guilds] == [0, 1] * 5
+    assert [(g >> 22) % 2 for g in guilds] == [0, 1] * 5
+    on_one = [fake.create_guild(shard=1) for _ in range(3)]
+    assert all((g >> 22) % 2 == 1 for g in on_one)
+    assert fake.guilds_on_shard(1) == guilds[1::2] + on_one
+    ids = guilds + on_one + [fake.create_user("bob")]
+    assert ids == sorted(set(ids))  # strictly increasing, as snowflakes are
+    now_ms = time.time() * 1000
+    for snowflake in ids:
+        assert 0 < snowflake < 1 << 63
+        assert abs((snowflake >> 22) + DISCORD_EPOCH_MS - now_ms) < 10_000
+        assert abs(discord.utils.snowflake_time(snowflake).timestamp() * 1000 - now_ms) < 10_000
+    with pytest.raises(ValueError):
+        fake.create_guild(shard=2)
+    single = FakeDiscord()  # the default: one shard, and every guild on it
+    assert {single.shard_of(single.create_guild()) for _ in range(3)} == {0}
+    with pytest.raises(ValueError):
+        FakeDiscord(shard_count=0)
+
+
+@pytest.mark.parametrize("shard_count", [2, None], ids=["shard_count=2", "from-gateway-bot"])
+async def test_auto_sharded_client_runs_both_shards_and_sees_every_guild(
+    sharded: ShardedWorld, shard_count: int | None
+) -> None:
+    """One AutoShardedClient, both shards: with ``shard_count=None`` discord.py asks
+    ``GET /gateway/bot`` for the count (and the URL) as in production."""
+    fake, w = sharded.fake, sharded
+    client = ShardedRecordingClient(shard_count=shard_count)
+    async with connected(client, fake.token):
+        assert client.shard_count == 2 and sorted(client.shards) == [0, 1]
+        assert fake.identifies == 2 and fake.identifies_by_shard == {0: 1, 1: 1}
+        assert fake.gateway_connections == 2
+        assert fake.wait_until_ready(0)
+        assert fake.wait_until_ready(0, shard=0) and fake.wait_until_ready(0, shard=1)
+        asked = [r.status for r in fake.requests if r.path == "/gateway/bot"]
+        assert asked == ([200] if shard_count is None else [])
+
+        assert {g.id for g in client.guilds} == set(w.channels)
+        for guild in client.guilds:
+            assert guild.shard_id == fake.shard_of(guild.id)
+            assert [c.name for c in guild.text_channels] == ["general"]
+        # Each GUILD_CREATE went to its own shard's connection, and only there.
+        created = sorted(
+            (d.guild_id, d.shard) for d in fake.dispatches if d.event == "GUILD_CREATE"
+        )
+        assert created == sorted((g, fake.shard_of(g)) for g in w.channels)
+        assert fake.dispatched_to("READY") in ([0, 1], [1, 0])
+
+        for shard in (0, 1):
+            guild = fake.guilds_on_shard(shard)[-1]
+            sent = fake.user_message(w.channels[guild], w.alice, f"on {shard}", mention_bot=True)
+            got = await client.next_message()
+            assert got.id == sent and got.guild is not None and got.guild.shard_id == shard
+            assert fake.dispatched_to("MESSAGE_CREATE", sent) == [shard]
+        dm = fake.user_dm(w.alice, "psst")
+        got = await client.next_message()
+        assert got.id == dm and got.guild is None
+        assert fake.dispatched_to("MESSAGE_CREATE", dm) == [0]  # DMs ride on shard 0
+
+
+async def test_two_clients_each_get_only_their_shard(sharded: ShardedWorld) -> None:
+    """Two processes' worth of clients (``shard_ids=[0]`` and ``[1]``): each sees its guilds,
+    its messages and its interactions, and nothing of the other's; DMs go to shard 0."""
+    fake, w = sharded.fake, sharded
+    on0, on1 = fake.guilds_on_shard(0), fake.guilds_on_shard(1)
+    assert len(on0) == len(on1) == 5
+    first = ShardedRecordingClient(shard_ids=[0], shard_count=2)
+    second = ShardedRecordingClient(shard_ids=[1], shard_count=2)
+    async with connected(first, fake.token):
+        assert fake.wait_until_ready(0, shard=0)
+        assert not fake.wait_until_ready(0)  # shard 1 is not up yet
+        assert not fake.wait_until_ready(0, shard=1)
+        async with connected(second, fake.token):
+            assert fake.wait_until_ready(0) and fake.identifies_by_shard == {0: 1, 1: 1}
+            assert {g.id for g in first.guilds} == set(on0)
+            assert {g.id for g in second.guilds} == set(on1)
+            assert first.get_guild(on1[0]) is None and second.get_guild(on0[0]) is None
+
+            # Frames on one socket keep their order: had ``m0`` gone to the second client as
+            # well, it would be that client's next message, ahead of ``m1``.
+            m0 = fake.user_message(w.channels[on0[0]], w.alice, "zero", mention_bot=True)
+            m1 = fake.user_message(w.channels[on1[0]], w.alice, "one", mention_bot=True)
+            assert (await first.next_message()).id == m0
+            assert (await second.next_message()).id == m1
+            assert fake.dispatched_to("MESSAGE_CREATE", m0) == [0]
+            assert fake.dispatched_to("MESSAGE_CREATE", m1) == [1]
+
+            dm = fake.user_dm(w.alice, "psst")
+            after = fake.user_message(w.channels[on1[1]], w.alice, "later")
+            assert (await first.next_message()).id == dm
+            assert (await second.next_message()).id == after
+            assert fake.dispatched_to("MESSAGE_CREATE", dm) == [0]
+
+            # The bot's own message, sent over REST by the second client, comes back on shard 1.
+            channel = second.get_channel(w.channels[on1[0]])
+            assert isinstance(channel, discord.TextChannel)
+            reply = await channel.send("pong")
+            assert (await second.next_message()).id == reply.id
+            assert fake.dispatched_to("MESSAGE_CREATE", reply.id) == [1]
+
+            await first.tree.sync()  # global commands: either process may sync them
+            for guild, shard in ((on1[2], 1), (on0[2], 0)):
+                interaction = fake.slash(w.channels[guild], w.alice, "ping", {"text": str(shard)})
+                assert await fake.wait_for_async(
+                    lambda f, i=interaction: f.interaction_response(i) is not None
+                )
+                answer = fake.interaction_response(interaction)
+                assert answer is not None and answer["message"]["content"] == f"pong {shard}"
+                assert fake.dispatched_to("INTERACTION_CREATE", interaction) == [shard]
+            assert first.command_errors == second.command_errors == []
+
+            # One shard's connection drops and resumes; the other's is untouched.
+            fake.disconnect_gateway(shard=1)
+            missed = fake.user_message(w.channels[on1[3]], w.alice, "while away")
+            await asyncio.wait_for(second.resumed.wait(), timeout=10)
+            assert (await second.next_message()).id == missed
+            assert not first.resumed.is_set() and fake.resumes == 1
+            assert fake.gateway_close_codes == [4000] and fake.gateway_connections == 3
+            assert first.received.empty() and second.received.empty()
+
+
+async def test_identify_is_checked_against_the_shard_count(sharded: ShardedWorld) -> None:
+    """4011 without ``shard`` (or with too few shards), 4010 for an invalid shard; a valid one
+    gets READY with only its shard's guilds."""
+    fake = sharded.fake
+    missing = object()
+
+    async def identify(shard: Any) -> Any:
+        """IDENTIFY on a fresh connection: the close code, or the first dispatch."""
+        data: dict[str, Any] = {"token": fake.token, "intents": (1 << 0) | (1 << 9)}
+        if shard is not missing:
+            data["shard"] = shard
+        async with aiohttp.ClientSession() as session, session.ws_connect(fake.gateway_url) as ws:
+            assert (await ws.receive_json(timeout=5))["op"] == 10
+            await ws.send_json({"op": 2, "d": data})
+            msg = await ws.receive(timeout=5)
+            return ws.close_code if msg.type is aiohttp.WSMsgType.CLOSE else json.loads(msg.data)
+
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{fake.api_url}/gateway/bot", headers=headers) as resp,
+    ):
+        body = await resp.json()
+    assert body["shards"] == 2 and body["session_start_limit"]["max_concurrency"] == 1
+
+    assert await identify(missing) == 4011  # Sharding required
+    assert await identify([0, 1]) == 4011  # one shard would carry every guild
+    assert await identify([2, 2]) == 4010  # Invalid shard: id out of range
+    assert await identify([-1, 2]) == 4010
+    assert await identify([0, 3]) == 4010  # not the shard count this fake requires
+    assert await identify("0,2") == 4010
+    assert fake.gateway_close_codes == [4011, 4011, 4010, 4010, 4010, 4010]
+    assert fake.identifies == 0 and fake.identifies_by_shard == {}
+
+    ready = await identify([1, 2])
+    assert ready["t"] == "READY" and ready["d"]["shard"] == [1, 2]
+    guilds = fake.guilds_on_shard(1)
+    assert ready["d"]["guilds"] == [{"id": str(g), "unavailable": True} for g in guilds]
+    assert fake.identifies_by_shard == {1: 1}
+
+    # discord.py's plain (unsharded) Client is refused, and stops with the close code.
+    client = RecordingClient()
+    try:
+        with pytest.raises(discord.ConnectionClosed) as closed:
+            await asyncio.wait_for(client.start(fake.token), timeout=10)
+        assert closed.value.code == 4011
+    finally:
+        await client.close()
+
+
+async def test_unsharded_fake_still_routes_by_the_shard_a_client_asks_for(world: World) -> None:
+    """With the default ``shard_count=1`` any valid ``[id, count]`` is accepted (as Discord
+    accepts more shards than it requires), and routing follows that connection's count."""
+    fake = world.fake
+    own = (world.guild >> 22) % 2
+    gateway = f"{fake.gateway_url}?v=10&encoding=json"
+    async with aiohttp.ClientSession() as session:
+        for shard, expected in ((own, [str(world.guild)]), (1 - own, [])):
+            async with session.ws_connect(gateway) as ws:
+                await ws.receive_json(timeout=5)
+                identify = {"token": fake.token, "intents": 1, "shard": [shard, 2]}
+                await ws.send_json({"op": 2, "d": identify})
+                ready = await ws.receive_json(timeout=5)
+                assert ready["t"] == "READY" and ready["d"]["shard"] == [shard, 2]
+                assert [g["id"] for g in ready["d"]["guilds"]] == expected
+    assert fake.identifies_by_shard == {0: 1, 1: 1} and fake.gateway_close_codes == []
 
 
 # ------------------------------------------------------------------------------------ foreground
