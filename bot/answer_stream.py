@@ -13,7 +13,7 @@ from contextlib import aclosing
 from .clock import Clock
 from .context_keeper import Prepared
 from .metrics import Metrics
-from .ollama import OllamaClient
+from .ollama import Ollama
 from .settings import Settings
 from .think_filter import ThinkFilter
 from .turn import RunningTurn
@@ -23,7 +23,7 @@ class AnswerStream:
     """Streams answers for the engine."""
 
     def __init__(
-        self, ollama: OllamaClient, settings: Settings, clock: Clock, metrics: Metrics | None
+        self, ollama: Ollama, settings: Settings, clock: Clock, metrics: Metrics | None
     ) -> None:
         self.ollama = ollama
         self.settings = settings
@@ -54,6 +54,7 @@ class AnswerStream:
             options=prepared.options,
             keep_alive=self.settings.ollama_keep_alive,
             think=prepared.think,
+            route=turn.conversation,  # to the backend whose cache holds this conversation
         )
         think_filter = ThinkFilter()
         async with aclosing(stream):

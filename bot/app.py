@@ -20,7 +20,8 @@ from .health import HealthServer
 from .history_store import HistoryStore, MemoryHistoryStore
 from .metrics import Metrics
 from .model_manager import ModelManager
-from .ollama import OllamaClient
+from .ollama import Ollama
+from .ollama_pool import LocalSlots, OllamaPool
 from .settings import Settings
 from .sqlite_store import SqliteHistoryStore
 
@@ -59,7 +60,7 @@ class Services:
     settings: Settings
     clock: Clock
     store: HistoryStore
-    ollama: OllamaClient
+    ollama: Ollama
     metrics: Metrics
     models: ModelManager
     engine: ChatEngine
@@ -75,15 +76,18 @@ class Services:
         *,
         clock: Clock = time.monotonic,
         store: HistoryStore | None = None,
-        ollama: OllamaClient | None = None,
+        ollama: Ollama | None = None,
     ) -> Services:
         store = store if store is not None else open_history_store(settings.history_store)
-        ollama = ollama or OllamaClient(
-            settings.ollama_url,
+        metrics = Metrics()
+        ollama = ollama or OllamaPool(
+            settings.ollama_backends,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            slots=LocalSlots(),
+            clock=clock,
+            metrics=metrics,
         )
-        metrics = Metrics()
         models = ModelManager(
             ollama,
             settings.ollama_model,

@@ -27,7 +27,7 @@ from .clock import Clock
 from .context_keeper import ContextKeeper, Prepared
 from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
-from .ollama import OllamaClient, OllamaError
+from .ollama import Ollama, OllamaError
 from .request_queue import FairQueue, Ticket
 from .settings import Settings
 from .turn import (
@@ -53,7 +53,7 @@ class ChatEngine:
 
     def __init__(
         self,
-        ollama: OllamaClient,
+        ollama: Ollama,
         store: HistoryStore,
         settings: Settings,
         *,
@@ -71,7 +71,7 @@ class ChatEngine:
         self.closing = False
         # Replies wait here for an Ollama slot: round-robin across conversations, in order
         # within each (which is what keeps a conversation's history consistent).
-        self.queue = FairQueue(settings.max_concurrent, settings.queue_limit)
+        self.queue = FairQueue(settings.concurrency, settings.queue_limit)
         self._turns: dict[asyncio.Task[Any], RunningTurn] = {}  # waiting or running
         self._running: dict[str, RunningTurn] = {}  # the one running, per conversation
         self.context = ContextKeeper(ollama, store, settings, queue=self.queue, metrics=metrics)

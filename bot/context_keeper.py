@@ -23,7 +23,7 @@ from .context_window import (
 )
 from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
-from .ollama import ModelInfo, OllamaClient, OllamaError
+from .ollama import ModelInfo, Ollama, OllamaError
 from .request_queue import FairQueue
 from .settings import Settings
 from .summaries import Summaries
@@ -53,7 +53,7 @@ class ContextKeeper:
 
     def __init__(
         self,
-        ollama: OllamaClient,
+        ollama: Ollama,
         store: HistoryStore,
         settings: Settings,
         *,

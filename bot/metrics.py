@@ -37,6 +37,10 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self._discord_and_context(r)
+        self._backends_and_load(r)
+
+    def _discord_and_context(self, r: CollectorRegistry) -> None:
         self.discord_updates = Counter(
             "ollacord_discord_updates",
             "Discord messages sent and edited for replies",
@@ -62,6 +66,35 @@ class Metrics:
             "ollacord_context_turns_dropped",
             "Turns dropped from prompts without a summary (Ollama could not write one)",
             registry=r,
+        )
+
+    def _backends_and_load(self, r: CollectorRegistry) -> None:
+        self.backend_up = Gauge(
+            "ollacord_backend_up",
+            "Whether an Ollama backend takes requests",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_in_flight = Gauge(
+            "ollacord_backend_in_flight",
+            "Requests this process has on an Ollama backend",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_requests = Counter(
+            "ollacord_backend_requests",
+            "Requests sent to an Ollama backend",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_failures = Counter(
+            "ollacord_backend_failures",
+            "Times an Ollama backend was marked down",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_failovers = Counter(
+            "ollacord_backend_failovers", "Requests moved to another Ollama backend", registry=r
         )
         self.requests_waiting = Gauge(
             "ollacord_requests_waiting",

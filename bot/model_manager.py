@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .clock import Clock, Sleep
-from .ollama import OllamaClient, OllamaError, OllamaUnavailable, PullProgress, model_matches
+from .ollama import Ollama, OllamaError, OllamaUnavailable, PullProgress, model_matches
 from .user_messages import still_downloading
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class ModelManager:
 
     def __init__(
         self,
-        ollama: OllamaClient,
+        ollama: Ollama,
         model: str,
         *,
         auto_pull: bool = True,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -50,6 +50,7 @@ PULL = "/api/pull"
 SHOW = "/api/show"
 TAGS = "/api/tags"
 VERSION = "/api/version"
+PS = "/api/ps"
 
 
 # --- stream values ------------------------------------------------------------------------
@@ -129,6 +130,49 @@ class PullProgress:
 # --- client -------------------------------------------------------------------------------
 
 
+class Ollama(Protocol):
+    """The Ollama API the rest of the bot uses: one :class:`OllamaClient`, or the pool of
+    several backends (:class:`bot.ollama_pool.OllamaPool`). ``route`` names the conversation a
+    request belongs to (the pool sends it where its prompt cache is; a client ignores it)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        think: bool | None = None,
+        route: str | None = None,
+    ) -> AsyncGenerator[ChatChunk, None]: ...
+
+    async def complete(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        think: bool | None = False,
+        route: str | None = None,
+    ) -> tuple[str, Mapping[str, int]]: ...
+
+    async def show(self, model: str) -> ModelInfo: ...
+
+    async def list_models(self) -> list[str]: ...
+
+    def pull(self, model: str) -> AsyncGenerator[PullProgress, None]: ...
+
+    async def preload(self, model: str, keep_alive: str | float | None = None) -> None: ...
+
+    async def version(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
 class OllamaClient:
     """Talks to one Ollama server through one :class:`OllamaTransport` (its aiohttp session is
     created lazily and closed by :meth:`close`).
@@ -192,6 +236,7 @@ class OllamaClient:
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
         think: bool | None = None,
+        route: str | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
         """Stream ``POST /api/chat``: yields every chunk up to and including the ``done`` one.
 
@@ -299,6 +344,7 @@ class OllamaClient:
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
         think: bool | None = False,
+        route: str | None = None,
     ) -> tuple[str, Mapping[str, int]]:
         """A non-streamed ``/api/chat`` (#non-stream): the whole answer at once, and its metrics.
         ``think`` as for :meth:`chat` (None: the server's default)."""
@@ -316,6 +362,11 @@ class OllamaClient:
     async def list_models(self) -> list[str]:
         """Names from ``GET /api/tags`` (always tagged, e.g. ``llama3.2:latest``)."""
         data = await self._transport.request_json("GET", TAGS)
+        return [str(m.get("name", "")) for m in data.get("models") or [] if m.get("name")]
+
+    async def loaded_models(self) -> list[str]:
+        """Names from ``GET /api/ps``: the models loaded in memory now."""
+        data = await self._transport.request_json("GET", PS)
         return [str(m.get("name", "")) for m in data.get("models") or [] if m.get("name")]
 
     async def version(self) -> str:

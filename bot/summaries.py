@@ -28,7 +28,7 @@ from .clock import Clock, as_ms
 from .context_window import Budget, plan_fold_ahead, summary_instruction, tokens_to_fit
 from .history_store import ConversationState, HistoryStore, Turn
 from .metrics import Metrics
-from .ollama import OllamaClient, OllamaError
+from .ollama import Ollama, OllamaError
 from .request_queue import FairQueue
 from .settings import Settings
 
@@ -75,7 +75,7 @@ class Summaries:
     def __init__(
         self,
         context: ContextKeeper,
-        ollama: OllamaClient,
+        ollama: Ollama,
         store: HistoryStore,
         settings: Settings,
         *,
@@ -189,7 +189,9 @@ class Summaries:
             # otherwise cut the prompt's beginning, silently). It costs a fresh evaluation.
             request = [*window.fixed, *window.messages[: window.fold], instruction]
         try:
-            summary, stats = await self._write(window.model, request, window.budget.num_ctx, most)
+            summary, stats = await self._write(
+                conversation, window.model, request, window.budget.num_ctx, most
+            )
         except OllamaError as exc:
             self._count("failed")
             await self._drop_block(conversation, f"Ollama failed to write it: {exc}", window)
@@ -197,7 +199,7 @@ class Summaries:
         await self._apply(conversation, window, summary, stats)
 
     async def _write(
-        self, model: str, request: list[dict[str, Any]], num_ctx: int, most: int
+        self, conversation: str, model: str, request: list[dict[str, Any]], num_ctx: int, most: int
     ) -> tuple[str, Mapping[str, int]]:
         text, stats = await self.ollama.complete(
             model,
@@ -212,6 +214,7 @@ class Summaries:
             keep_alive=self.settings.ollama_keep_alive,
             # A summary needs no reasoning (the cached prompt is the same either way).
             think=False if (await self.context.model_info(model)).thinking else None,
+            route=conversation,  # where the conversation's prompt is cached
         )
         if not text.strip():
             raise OllamaError("the model wrote an empty summary")

@@ -98,7 +98,8 @@ async def test_busy_ollama_is_retried_before_the_user_is_told(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:
     assert isinstance(simcord_env.bot, OllacordBot)
-    simcord_env.bot.ollama.busy_retry_delays = (0.01,)
+    for backend in simcord_env.bot.ollama.backends:  # type: ignore[attr-defined]
+        backend.client.busy_retry_delays = (0.01,)
     busy = Reply(
         status=503,
         status_message="server busy, please try again.  maximum pending requests exceeded",
@@ -110,7 +111,8 @@ async def test_busy_ollama_is_retried_before_the_user_is_told(
 
 async def test_busy_ollama_after_retries_says_so(simcord_env: Env, fake_ollama: FakeOllama) -> None:
     assert isinstance(simcord_env.bot, OllacordBot)
-    simcord_env.bot.ollama.busy_retry_delays = (0.01,)
+    for backend in simcord_env.bot.ollama.backends:  # type: ignore[attr-defined]
+        backend.client.busy_retry_delays = (0.01,)
     busy = Reply(
         status=503,
         status_message="server busy, please try again.  maximum pending requests exceeded",

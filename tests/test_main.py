@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot import Settings, create_bot
 from bot.discord.runner import EXIT_TOKEN_REJECTED, FATAL_MESSAGES
+from bot.ollama_pool import OllamaPool
 from tests.bot_process import BotProcess
 from tests.fake_ollama import FakeOllama
 
@@ -153,8 +154,11 @@ async def test_close_releases_the_ollama_session_and_the_store(
     )
     bot = create_bot(settings)
     assert await bot.ollama.list_models() == ["llama3.2:latest"]
-    session = bot.ollama._session
+    pool = bot.ollama
+    assert isinstance(pool, OllamaPool)
+    [backend] = pool.backends
+    session = backend.client._session
     assert session is not None and not session.closed
     await bot.close()
     assert session.closed
-    assert bot.ollama._session is None
+    assert backend.client._session is None

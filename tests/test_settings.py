@@ -242,3 +242,14 @@ def test_shards_are_read_and_checked() -> None:
     ):
         with pytest.raises(ConfigError, match=word):
             Settings.from_env(env)
+
+
+def test_several_ollama_backends_with_their_slots() -> None:
+    settings = Settings.from_env({"OLLAMA_URL": "http://gpu1:11434#4, http://gpu2:11434"})
+    assert settings.ollama_backends == (("http://gpu1:11434", 4), ("http://gpu2:11434", 1))
+    assert settings.ollama_url == "http://gpu1:11434" and settings.concurrency == 5
+    one = Settings.from_env({"MAX_CONCURRENT": "3"})
+    assert one.ollama_backends == (("http://localhost:11434", 3),) and one.concurrency == 3
+    for value in ("http://a:1#0", "http://a:1#x", "http://a:1,http://a:1", "http://a:1,ftp://b"):
+        with pytest.raises(ConfigError, match="OLLAMA_URL"):
+            Settings.from_env({"OLLAMA_URL": value})

@@ -21,7 +21,7 @@ from ..discord_scheduler import DiscordScheduler
 from ..history_store import HistoryStore
 from ..metrics import Metrics, RateLimitLogCounter
 from ..model_manager import ModelManager
-from ..ollama import OllamaClient
+from ..ollama import Ollama
 from ..rate_limits import DiscordLimits
 from ..settings import Settings
 from ..user_messages import RESTART_NOTE
@@ -85,7 +85,7 @@ class OllacordBot(discord.Client):
         return self.services.store
 
     @property
-    def ollama(self) -> OllamaClient:
+    def ollama(self) -> Ollama:
         return self.services.ollama
 
     @property
