@@ -33,7 +33,6 @@ from .ollama import (
     ChatChunk,
     ModelInfo,
     ModelNotFound,
-    OllamaBusy,
     OllamaClient,
     OllamaError,
     OllamaRequestError,
@@ -87,14 +86,21 @@ class LocalSlots:
         self._holders.get(name, set()).discard(holder)
 
 
-def fails_over(error: OllamaError) -> bool:
-    """Whether a failure before the first byte should send the request to another backend:
-    the backend is unreachable, hung, or failing (5xx), not the request itself."""
+def is_down(error: OllamaError) -> bool:
+    """Whether a failure before the first byte means the backend itself is gone: unreachable,
+    hung, or a proxy in front of it saying so (502, 504)."""
     if isinstance(error, OllamaUnavailable):
         return True
     if isinstance(error, OllamaTimeout):
         return not error.started
-    return isinstance(error, OllamaRequestError) and error.status >= 500
+    return isinstance(error, OllamaRequestError) and error.status in (502, 504)
+
+
+def fails_over(error: OllamaError) -> bool:
+    """Whether a failure before the first byte should send the request to another backend:
+    the backend is down, full, or failed this request on its side (5xx: a crashed runner),
+    rather than the request being wrong (4xx)."""
+    return is_down(error) or (isinstance(error, OllamaRequestError) and error.status >= 500)
 
 
 class OllamaPool:
@@ -201,12 +207,12 @@ class OllamaPool:
         tried.add(backend)
         if isinstance(error, ModelNotFound):
             backend.forget_models()  # its list was stale: ask it again next time
-        elif isinstance(error, OllamaBusy):
-            pass  # full, not down: another backend may have room (the client retried it)
-        elif fails_over(error):
+        elif is_down(error):
             self._mark_down(backend, error)
-        else:
+        elif not fails_over(error):
             return False
+        # Otherwise (full, or a 500 such as a crashed runner) it answered: it stays up, and
+        # another backend may serve this request.
         others = [b for b in self.backends if b.up and b not in tried]
         if others and self.metrics:
             self.metrics.backend_failovers.inc()
