@@ -88,8 +88,9 @@ class LeasedBudget:
 
     The trade-off: a token counted at ``t`` may be spent until ``t + horizon``, so over any
     ``T`` seconds the processes together spend at most ``rate * (T + horizon) + burst``, not
-    ``rate * T + burst``. Plan the shared rate with that headroom (45 of Discord's 50/s, as
-    :class:`bot.rate_limits.DiscordLimits` does, covers ``horizon=0.2`` at a burst of 1).
+    ``rate * T + burst``. Plan the shared rate with that headroom: for Discord's 50 per second,
+    ``rate <= (50 - burst) / (1 + horizon)``, 40/s at a burst of 1 and ``horizon=0.2`` (the
+    45/s of :class:`bot.rate_limits.DiscordLimits` assumes one process spending at once).
 
     The pocket's times are this process's clock, taken after the bucket answered (so a
     reservation is never used early): local durations, never compared with another process's.
