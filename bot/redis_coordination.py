@@ -29,11 +29,9 @@ from __future__ import annotations
 import math
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from .coordination_budget import LeasedBudget, Taken, check_take, check_ttl
-from .redis_store import PREFIX, RedisHistoryStore
+from .redis_store import PREFIX, redis_client
 from .settings import shown_url
 
 # Redis 3.2 and 4 refuse a write after TIME (a script is replicated as its source unless it asks
@@ -114,13 +112,6 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
-
-
-def coordination_client(url: str) -> Redis:
-    """A client with the history store's connection options (timeouts, RESP2, retries on a
-    dropped connection, its name), taken from the one method that sets them: a store object
-    connects only when used, so building one to borrow its client costs nothing."""
-    return RedisHistoryStore(url)._client(Retry(ExponentialBackoff(cap=1.0, base=0.05), 3))
 
 
 def _ms(ttl: float) -> int:
@@ -214,7 +205,7 @@ class RedisCoordination:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis = coordination_client(url)
+        self.redis = redis_client(url)
         self.lease = RedisLease(self.redis)
         self.slots = RedisSlots(self.redis)
         self._budgets: dict[str, LeasedBudget] = {}

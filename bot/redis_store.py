@@ -1,5 +1,6 @@
 """The Redis history store (``HISTORY_STORE=redis://[:password@]host:port/db``, ``rediss://``
-for TLS): the only module that touches Redis. Several bot processes can share one.
+for TLS). Several bot processes can share one; what else they share there (budgets, leases,
+slots) is in bot/redis_coordination.py, on a client made by :func:`redis_client`.
 
 Key layout (every key under ``ollacord:``; give each bot its own database number)::
 
@@ -112,6 +113,23 @@ return epoch
 """
 
 
+def redis_client(url: str, retry: Retry | None = None) -> Redis:
+    """A client with ollacord's connection options (the history store's and the shared
+    coordination's): timeouts, RESP2, retries on a dropped connection, its name."""
+    # RESP2: what every Redis speaks (RESP3 needs 6.0 or newer).
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        protocol=2,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=10.0,
+        health_check_interval=30,
+        retry=retry or Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],  # redis-py 5 needs both
+        client_name="ollacord",
+    )
+
+
 class RedisHistoryStore:
     """A history store in Redis, shared by every process pointed at the same database."""
 
@@ -119,23 +137,9 @@ class RedisHistoryStore:
         self.url = url
         self._password = urlsplit(url).password or urlsplit(url).username
         self._tls = url.startswith("rediss://")
-        self._redis = self._client(Retry(ExponentialBackoff(cap=1.0, base=0.05), 3))
+        self._redis = redis_client(url)
         self._replace_script = self._redis.register_script(_REPLACE)
         self._clear_script = self._redis.register_script(_CLEAR)
-
-    def _client(self, retry: Retry) -> Redis:
-        # RESP2: what every Redis speaks (RESP3 needs 6.0 or newer).
-        return Redis.from_url(
-            self.url,
-            decode_responses=True,
-            protocol=2,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=10.0,
-            health_check_interval=30,
-            retry=retry,
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],  # redis-py 5 needs both
-            client_name="ollacord",
-        )
 
     @staticmethod
     def _keys(conversation: str) -> tuple[str, str]:
@@ -148,7 +152,7 @@ class RedisHistoryStore:
 
     async def open(self) -> None:
         # A client of its own, without retries: a wrong setting fails at once.
-        check = self._client(Retry(NoBackoff(), 0))
+        check = redis_client(self.url, Retry(NoBackoff(), 0))
         try:
             await check.ping()
             await self._warn_if_not_durable(check)
