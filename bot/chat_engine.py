@@ -25,7 +25,7 @@ from .answer_stream import AnswerStream
 from .background import Background
 from .clock import Clock
 from .context_keeper import ContextKeeper, Prepared
-from .history_store import ConversationState, HistoryStore, Turn
+from .history_store import ConversationState, HistoryStore, StoreError, Turn
 from .metrics import Metrics
 from .ollama import Ollama, OllamaError
 from .request_queue import FairQueue, Ticket
@@ -151,7 +151,13 @@ class ChatEngine:
         if self.metrics:
             self.metrics.requests_in_flight.inc()
         try:
-            prepared = await self._plan(turn)
+            try:
+                prepared = await self._plan(turn)
+            except StoreError as failure:
+                # Without its history the conversation cannot go on: say so, change nothing.
+                ticket.release_slot()
+                turn.store_failure = str(failure)
+                return await self._end.end(turn, "store_error")
             if isinstance(prepared, Refusal):
                 return await self._end.end(turn, "refused", refusal=prepared)
             try:

@@ -40,7 +40,8 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -227,8 +228,18 @@ class RedisHistoryStore:
 
     async def _load(self, conversation: str, after: int, upto: int | str) -> list[Turn]:
         _, turns = self._keys(conversation)
-        members = await self._redis.zrangebyscore(turns, f"({after}", upto)
+        with self._failing():
+            members = await self._redis.zrangebyscore(turns, f"({after}", upto)
         return [_turn(member) for member in members]
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Redis unreachable (or refusing) while the bot runs: a StoreError, whose sentence
+        the engine shows and logs, rather than redis-py's exception."""
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StoreError(self._explain(exc)) from exc
 
     async def append(
         self, conversation: str, turns: Sequence[Turn], *, epoch: int | None = None
@@ -249,21 +260,28 @@ class RedisHistoryStore:
         payloads = [_payload(turn, now) for turn in turns]
         args = ["" if epoch is None else epoch, len(remove), *remove, *payloads]
         keys = [*self._keys(conversation), COUNTER, self._done()]
-        ids = await self._replace_script(keys=keys, args=args)
+        with self._failing():
+            ids = await self._replace_script(keys=keys, args=args)
         if ids is None:
             return None  # reset since the reply started: its exchange is not kept
         return [replace(turn, id=int(id)) for turn, id in zip(turns, ids, strict=True)]
 
     async def clear(self, conversation: str) -> int:
         keys = [*self._keys(conversation), self._done()]
-        return int(await self._clear_script(keys=keys, args=[time.time()]))
+        with self._failing():
+            return int(await self._clear_script(keys=keys, args=[time.time()]))
 
     async def get_state(self, conversation: str) -> ConversationState:
         state, _ = self._keys(conversation)
-        return _state(await self._redis.hgetall(state))
+        with self._failing():
+            return _state(await self._redis.hgetall(state))
 
     async def update_state(self, conversation: str, change: StateChange) -> ConversationState:
         key, _ = self._keys(conversation)
+        with self._failing():
+            return await self._update_state(key, change)
+
+    async def _update_state(self, key: str, change: StateChange) -> ConversationState:
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:  # each WatchError means another writer succeeded: no livelock
                 try:
@@ -283,7 +301,8 @@ class RedisHistoryStore:
                     continue
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        with self._failing():
+            await self._redis.ping()
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -97,12 +97,20 @@ class SqliteHistoryStore:
         return self._db
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the store's thread. A failure while the bot runs (disk full, the
+        file gone read-only) is a StoreError naming the file and the cause."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"HISTORY_STORE points at {str(self.path)!r}, which failed: {exc}"
+            ) from exc
 
     async def open(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await self._run(self._connect)
+            await loop.run_in_executor(self._executor, self._connect)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(self._explain(exc)) from exc
 

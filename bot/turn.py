@@ -117,6 +117,7 @@ class RunningTurn:
     reasoning: str = ""  # what the model thought before answering (never in a prompt)
     done_reason: str = ""  # Ollama's: "stop", or "length" when the answer hit its limit
     undeliverable: str | None = None  # why Discord refuses this reply for good
+    store_failure: str | None = None  # why the history store failed this turn
     footnote: str | None = None  # said after the answer (e.g. the model cannot see images)
     ended: bool = False  # its one exit was taken (a turn ends once, even if cancelled then)
     stop_note: str | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from .clock import Clock, as_ms
-from .history_store import HistoryStore, Turn
+from .history_store import HistoryStore, StoreError, Turn
 from .metrics import Metrics
 from .ollama import OllamaError
 from .turn import Refusal, ReplyOutcome, RunningTurn
@@ -20,6 +20,7 @@ from .user_messages import (
     LENGTH_MARK,
     LENGTH_NOTE,
     STOPPED_MARK,
+    STORE_UNAVAILABLE,
     cut_off_note,
     error_message,
 )
@@ -59,7 +60,8 @@ class TurnEnd:
             delivered = await turn.sink.finish(note, stored=keep, reasoning=reasoning)
             if keep and answer is not None:
                 if delivered:
-                    stored = await self._commit(turn, answer)
+                    stored = await self._stored(turn, answer)
+                    status = status if turn.store_failure is None else "not_stored"
                 else:
                     status = "undeliverable"
         except Exception:
@@ -86,6 +88,8 @@ class TurnEnd:
             return (refusal.note if refusal else None), None
         if status == "undeliverable":
             return None, None  # Discord refuses this reply: nothing to show, nothing kept
+        if status == "store_error":
+            return STORE_UNAVAILABLE, None  # no history to answer from: no answer
         if status == "error" and error is not None:
             return error_message(error, model=turn.model), None
         if status == "cut_off" and error is not None:
@@ -97,6 +101,15 @@ class TurnEnd:
             f"{turn.text}\n\n{STOPPED_MARK}" if turn.keep_partial and turn.text.strip() else None
         )
         return turn.stop_note or INTERRUPTED, answer
+
+    async def _stored(self, turn: RunningTurn, answer: str) -> bool:
+        """Commit, or note why the store could not take it: the answer was shown and stays
+        shown; the conversation goes on without it (logged, counted)."""
+        try:
+            return await self._commit(turn, answer)
+        except StoreError as exc:
+            turn.store_failure = str(exc)
+            return False
 
     async def _commit(self, turn: RunningTurn, answer: str) -> bool:
         """Store the exchange, unless the conversation was reset since the turn began."""
@@ -149,6 +162,14 @@ class TurnEnd:
         elif status == "refused":
             reason = refusal.reason if refusal else "?"
             log.info("%s reason=%s %s", fields, reason, turn.log_fields)
+        elif status in ("store_error", "not_stored"):
+            log.warning(
+                "%s cause=%r chars=%d stored=no %s",
+                fields,
+                turn.store_failure,
+                len(turn.text),
+                turn.log_fields,
+            )
         elif status == "undeliverable":
             cause = turn.undeliverable or "Discord did not show the whole reply"
             log.warning(

@@ -80,6 +80,14 @@ DM_NOT_ALLOWED = (
 )
 DM_BLOCKED = "⛔ Sorry, I'm not available to you."
 RESET_REFUSED = "⛔ You can't reset this conversation here."
+STORE_UNAVAILABLE = (
+    "⚠️ I can't reach my memory of this conversation right now (the history store is failing; "
+    "details are in the bot's log), so I didn't answer. Please try again in a minute."
+)
+STORE_UNAVAILABLE_COMMAND = (
+    "⚠️ I can't reach my memory of this conversation right now (the history store is failing; "
+    "details are in the bot's log), so nothing was changed. Please try again in a minute."
+)
 INTERNAL_ERROR = (
     "⚠️ Something went wrong on my side (details are in the bot's log). Please try again."
 )

@@ -17,6 +17,7 @@ import discord
 from discord import app_commands
 
 from ..app import Services
+from ..history_store import StoreError
 from ..ollama import OllamaError, model_matches
 from ..user_messages import (
     INTERNAL_ERROR,
@@ -24,6 +25,7 @@ from ..user_messages import (
     NO_SYSTEM_PROMPT,
     RESET_DONE,
     RESET_STOPPED,
+    STORE_UNAVAILABLE_COMMAND,
     SYSTEM_PROMPT_CLEARED,
     SYSTEM_PROMPT_SET,
     error_message,
@@ -94,6 +96,16 @@ class OllacordTree(app_commands.CommandTree):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, StoreError):
+            # Not a bug: the store is down (Redis stopped, the disk full). One line, the cause.
+            log.warning(
+                "event=command_failed command=%s channel=%s cause=%r",
+                _name(interaction),
+                interaction.channel_id,
+                str(cause),
+            )
+            await tell(interaction, STORE_UNAVAILABLE_COMMAND)
+            return
         log.error(
             "event=command_failed command=%s user=%s channel=%s",
             _name(interaction),
