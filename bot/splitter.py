@@ -28,6 +28,15 @@ reply was broken into pieces. Two design rules make that hold:
 Fences are counted the simple way Discord's markdown roughly does: every non-overlapping
 "```" scanned left to right toggles code on or off, and a chunk is balanced when it holds an
 even number of them.
+
+Cuts fall between extended grapheme clusters (Unicode UAX #29, the ``regex`` module's ``\\X``):
+a family emoji, a letter and its accents, a flag, an emoji and its skin tone, a Hangul syllable
+written as jamo, "\\r\\n" all stay in one message. A cut drops whitespace only where its cluster
+is nothing but whitespace (" " + U+0301 is an accent shown on its own: it is kept whole).
+Whether a position is a boundary depends on the characters before it and the one at it, never
+on what follows, so the window decides every boundary except the one at its own end: that one
+is never assumed (a space or "\\r" ending the window may yet take a combining mark or "\\n").
+Only a cluster longer than a whole message is cut between code points, to make progress.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Final
+
+import regex
 
 __all__ = [
     "DISCORD_LIMIT",
@@ -61,6 +72,9 @@ _FENCE_RE: Final = re.compile(re.escape(_FENCE))
 # What may follow an opening fence to name a language. Discord only takes it as a language
 # when a newline follows at once: "```py\n" is Python, "```py x" is code starting with "py x".
 _HEADER_RE: Final = re.compile(r"([A-Za-z0-9_+\-.#]*)\r?\n")
+_CLUSTER: Final = regex.compile(r"\X")
+# Characters always followed by a cluster boundary (UAX #29 GB4); not CR, which LF may follow.
+_BREAK_AFTER: Final = regex.compile(r"[\p{Grapheme_Cluster_Break=Control}\n]")
 # Appended to a chunk cut inside a code block. The newline keeps the fence from merging with
 # backticks the chunk ends with ("x``" + "```" would count as "`````" = one fence + "``").
 _CLOSING: Final = "\n" + _FENCE
@@ -151,6 +165,7 @@ class _Cut:
     resume: int
     after: int  # first non-whitespace at or after ``resume`` (or the window's end)
     newlines: int  # dropped line breaks: 2 = paragraph (capped), 1 = line, 0 = space, -1 = hard
+    whole: bool = True  # between two grapheme clusters (else between code points of one)
 
 
 class _Window:
@@ -182,9 +197,37 @@ class _Window:
         self.fences = fences
         self.last_fence = last_fence
         self.runs = runs
-        self.lead = len(self.text) - len(self.text.lstrip())
+        self._clusters()
         # The tag must leave room for some code and a closing fence in the next chunk.
         self.max_tag = min(MAX_TAG_LEN, limit - _REOPEN_OVERHEAD)
+
+    def _clusters(self) -> None:
+        """Grapheme bookkeeping: ``breaks[i]``, whether a cluster starts at ``i`` (never
+        assumed at the window's end); ``space[i]``, whether ``text[i]`` is whitespace a cut may
+        drop (its cluster is all whitespace); ``settled``, how far whitespace may be dropped;
+        ``lead``, where the first message would start (after whitespace); ``solid``, the first
+        character that is not whitespace from there.
+        """
+        text = self.text
+        clusters = _CLUSTER.findall(text)
+        self.space = [char.isspace() for char in text]
+        if len(clusters) == len(text):  # one code point each, as in most text: a fast path
+            self.breaks = [True] * len(text)
+        else:
+            self.breaks = [False] * len(text)
+            start = 0
+            for cluster in clusters:
+                self.breaks[start] = True
+                if len(cluster) > 1 and not cluster.isspace():  # " " + U+0301 is no space
+                    self.space[start : start + len(cluster)] = [False] * len(cluster)
+                start += len(cluster)
+        self.breaks.append(False)  # at the window's end: not decided yet
+        # How far whitespace may be dropped: not the last character unless a boundary is
+        # sure to follow it (" " may take an accent, "\r" a "\n" that must stay with it).
+        self.settled = len(text) if _BREAK_AFTER.match(text[-1]) else len(text) - 1
+        self.lead = next((i for i, space in enumerate(self.space) if not space), len(text))
+        self.lead = min(self.lead, self.settled)
+        self.solid = len(text) - len(text[self.lead :].lstrip())
 
     def in_code(self, pos: int) -> bool:
         return self.fences[pos] % 2 == 1
@@ -199,13 +242,14 @@ class _Window:
 
     def candidates(self) -> list[_Cut]:
         """Every cut that fits the limit: at each whitespace run, and between two
-        non-whitespace characters where nothing indivisible would be split."""
-        text, cuts = self.text, []
+        non-whitespace characters where no fence or surrogate pair would be split; such a
+        hard cut is ``whole`` if it falls between two grapheme clusters."""
+        text, space, cuts = self.text, self.space, []
         i = self.lead + 1
         while i < len(text):
-            if text[i].isspace():
+            if space[i]:
                 j = i
-                while j < len(text) and text[j].isspace():
+                while j < len(text) and space[j]:
                     j += 1
                 newlines = text.count("\n", i, j)
                 resume = j
@@ -216,21 +260,24 @@ class _Window:
                     line_start = text.rfind("\n", i, j) + 1
                     if line_start > self.code_start(i):
                         resume = line_start
-                cuts.append(_Cut(i, resume, j, min(newlines, 2)))
+                cuts.append(_Cut(i, min(resume, self.settled), j, min(newlines, 2)))
                 i = j + 1  # text[j] is not whitespace: no cut between it and text[j - 1]
             else:
-                if not text[i - 1].isspace() and self._divisible_at(i):
-                    cuts.append(_Cut(i, i, i, -1))
+                if not space[i - 1] and self._divisible_at(i):
+                    cuts.append(_Cut(i, i, i, -1, self.breaks[i]))
                 i += 1
-        return [cut for cut in cuts if self.size(cut) <= self.limit and self.shrinks(cut)]
+        return [
+            cut
+            for cut in cuts
+            if cut.end > self.solid and self.size(cut) <= self.limit and self.shrinks(cut)
+        ]
 
     def _divisible_at(self, pos: int) -> bool:
         before, after = self.text[pos - 1], self.text[pos]
         if "\ud800" <= before <= "\udbff" and "\udc00" <= after <= "\udfff":
             return False  # a surrogate pair: half an emoji is invalid text
         # Inside a run of backticks, only between two whole fences: any other cut would change
-        # which backticks pair up into fences, in this chunk and in the rest. ("\r\n" needs no
-        # rule here: both are whitespace, so it is always dropped whole at a whitespace cut.)
+        # which backticks pair up into fences, in this chunk and in the rest.
         return not (before == after == "`" and self.runs[pos] % len(_FENCE))
 
     def tidy(self, cut: _Cut) -> bool:
@@ -270,6 +317,24 @@ class _Window:
                 return max(tier, key=lambda cut: cut.end)
         return None
 
+    def choose(self) -> _Cut | None:
+        """The cut to make, ``None`` to drop the leading whitespace and nothing else.
+
+        Cuts between whole clusters come first. Untidy ones (an empty code block on either
+        side) are a last resort: with tiny limits, a fence line the model wrote too long to fit
+        with any code, or deep indentation. Without a cut between clusters, dropping leading
+        whitespace gives the next cluster a whole message of room; only when the window starts
+        with a cluster longer than a message is it cut between code points.
+        """
+        cuts = self.candidates()
+        for group in ([cut for cut in cuts if cut.whole], [] if self.lead else cuts):
+            cut = self.pick([c for c in group if self.tidy(c)]) or self.pick(group)
+            if cut is not None:
+                return cut
+        if not self.lead:
+            raise AssertionError(f"no cut in {self.text!r}")  # the first character fits
+        return None
+
 
 def take_chunk(text: str, limit: int = DISCORD_LIMIT) -> tuple[str, str]:
     """Cut the first message off ``text``, whose display (``close_open_fence(text)``) is over
@@ -278,8 +343,9 @@ def take_chunk(text: str, limit: int = DISCORD_LIMIT) -> tuple[str, str]:
     ``chunk`` is non-blank, at most ``limit`` long in :func:`discord_len` and balanced. The cut
     is the last paragraph break (blank line) that leaves a chunk of at least ``limit // 2``,
     else the last line break, else the last whitespace, else a hard cut, which never splits a
-    fence, a surrogate pair or a "\\r\\n". In a code block this means a code line is never cut
-    in the middle when a line break is in range.
+    fence, a surrogate pair or a grapheme cluster (a family emoji, a letter and its accents, a
+    flag, "\\r\\n"...) unless the cluster is longer than a message. In a code block this means
+    a code line is never cut in the middle when a line break is in range.
 
     Cut inside a code block, the chunk gets "\\n```" (its room is reserved within ``limit``) and
     ``rest`` starts with the reopening fence line, e.g. "```python\\n", so it renders on its
@@ -288,25 +354,23 @@ def take_chunk(text: str, limit: int = DISCORD_LIMIT) -> tuple[str, str]:
     The decision depends only on the shortest prefix of ``text`` whose display exceeds
     ``limit``; what follows is passed through to ``rest`` untouched, so calling this on a
     growing text gives the same messages as :func:`split_message` on the final text. For the
-    same reason whitespace is only dropped as far as that prefix reaches: ``rest`` may start
-    with whitespace (the next cut drops it; Discord trims it from a last message anyway). If
-    the prefix is nothing but whitespace, there is no message to make: ``chunk`` is "" and
-    ``rest`` drops that whitespace. Callers must skip an empty chunk; it only happens after
-    about ``limit`` whitespace characters in a row. ``rest`` is always shorter than ``text``,
-    so a loop calling this ends.
+    same reason whitespace is only dropped as far as that prefix reaches, and not its last
+    character if what follows could still join it (a space may take an accent, "\\r" its
+    "\\n"): ``rest`` may start with whitespace (the next cut drops it; Discord trims it from a
+    last message anyway). If the prefix is nothing but whitespace, or whitespace and the start
+    of a cluster that only fits a message whole, there is no message to make yet: ``chunk`` is
+    "" and ``rest`` drops that whitespace. Callers must skip an empty chunk; it only happens
+    after about ``limit`` whitespace characters in a row, or whitespace and a cluster nearly
+    that long. ``rest`` is always shorter than ``text``, so a loop calling this ends.
 
     Raises ``ValueError`` if ``limit`` < :data:`MIN_LIMIT` or the display of ``text`` fits.
     """
     _check_limit(limit)
     window = _Window(text, limit)
-    cuts = window.candidates()
-    # Untidy cuts (an empty code block on either side) are a last resort: with tiny limits,
-    # a fence line the model wrote too long to fit with any code, or deep indentation.
-    cut = window.pick([c for c in cuts if window.tidy(c)]) or window.pick(cuts)
+    cut = window.choose()
     if cut is None:
-        if not window.lead:
-            raise AssertionError(f"no cut in {window.text!r}")  # the first character fits
-        # Leading whitespace (or all of the window) leaves no room for a message.
+        # Leading whitespace (or all of the window) leaves no room for a message, or for the
+        # cluster after it whole: that cluster starts the next window.
         return "", text[window.lead :]
     chunk = window.text[window.lead : cut.end]
     if window.in_code(cut.end):

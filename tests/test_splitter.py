@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from itertools import pairwise
 
 import pytest
@@ -56,7 +57,9 @@ _REOPEN = re.compile(r"```[A-Za-z0-9_+\-.#]*\n")
 _EMPTY_REOPENED = re.compile(r"```[A-Za-z0-9_+\-.#]*\n```")
 
 
-def original_parts(chunks: list[str], original: str) -> list[str] | None:
+def original_parts(
+    chunks: list[str], original: str, indivisible_too: Iterable[int] = ()
+) -> list[str] | None:
     """Each chunk's own text, with the fences the splitter added taken off; ``None`` if the
     chunks are not the original text in order with only whitespace dropped between them.
 
@@ -65,7 +68,8 @@ def original_parts(chunks: list[str], original: str) -> list[str] | None:
     Which fences are added cannot be read off the chunks alone ("```py\\nx\\n```" may be the
     model's own block), so this searches for a reading that matches ``original``: each part
     must be an exact slice of it, what lies between the parts must be whitespace, and no part
-    may start or end inside one of the original's fences or surrogate pairs.
+    may start or end inside one of the original's fences or surrogate pairs, nor at any of the
+    positions ``indivisible_too`` (e.g. inside a grapheme cluster).
     """
     indivisible = {
         inside
@@ -77,6 +81,7 @@ def original_parts(chunks: list[str], original: str) -> list[str] | None:
         for i in range(len(original) - 1)
         if "\ud800" <= original[i] <= "\udbff" and "\udc00" <= original[i + 1] <= "\udfff"
     }
+    indivisible |= set(indivisible_too)
     last = len(chunks) - 1
     seen: set[tuple[int, int, bool]] = set()
     todo: list[tuple[int, int, bool, tuple[str, ...]]] = [(0, 0, False, ())]
@@ -160,6 +165,17 @@ ATOMS = [
     "\ud83d\ude00",  # a surrogate pair given as two code points
     "#",
     ".",
+    # Grapheme clusters of several code points, and pieces that join what is next to them
+    # (more in test_splitter_graphemes.py):
+    "e\u0301",
+    "\u0301",
+    "👨\u200d👩\u200d👧",
+    "\u200d",
+    "👍🏽",
+    "🏽",
+    "🇫",
+    "\u1100\u1161",
+    "\u11a8",
 ]
 atoms = st.sampled_from(ATOMS) | st.text(max_size=6)
 rich_texts = st.lists(atoms, min_size=1, max_size=100).map("".join)
