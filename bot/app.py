@@ -16,12 +16,13 @@ from typing import Any
 from .background import Background
 from .chat_engine import ChatEngine
 from .clock import Clock
+from .coordination import Coordination, MemoryCoordination, coordination_for, is_shared
 from .health import HealthServer
 from .history_store import HistoryStore, MemoryHistoryStore
 from .metrics import Metrics
 from .model_manager import ModelManager
 from .ollama import Ollama
-from .ollama_pool import LocalSlots, OllamaPool
+from .ollama_pool import OllamaPool
 from .settings import Settings
 from .sqlite_store import SqliteHistoryStore
 
@@ -64,6 +65,7 @@ class Services:
     metrics: Metrics
     models: ModelManager
     engine: ChatEngine
+    coordination: Coordination = field(default_factory=MemoryCoordination)
     health: HealthServer | None = None
     gateway_up: Callable[[], bool] | None = None
     background: Background = field(default_factory=Background)
@@ -80,11 +82,15 @@ class Services:
     ) -> Services:
         store = store if store is not None else open_history_store(settings.history_store)
         metrics = Metrics()
+        # With a Redis store, every process shares it: a conversation's lease, each backend's
+        # slots and Discord's REST budget are kept there too. Otherwise this process is alone.
+        together = is_shared(settings.history_store)
+        coordination = coordination_for(settings.history_store if together else None, clock)
         ollama = ollama or OllamaPool(
             settings.ollama_backends,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
-            slots=LocalSlots(),
+            slots=coordination.slots if together else None,
             clock=clock,
             metrics=metrics,
         )
@@ -96,9 +102,15 @@ class Services:
             clock=clock,
         )
         engine = ChatEngine(
-            ollama, store, settings, clock=clock, metrics=metrics, gate=models.busy_message
+            ollama,
+            store,
+            settings,
+            clock=clock,
+            metrics=metrics,
+            gate=models.busy_message,
+            lease=coordination.lease if together else None,
         )
-        services = cls(settings, clock, store, ollama, metrics, models, engine)
+        services = cls(settings, clock, store, ollama, metrics, models, engine, coordination)
         if settings.health_port:
             services.health = HealthServer(
                 services.health_status, metrics, settings.health_host, settings.health_port
@@ -159,4 +171,7 @@ class Services:
             try:
                 await self.ollama.close()
             finally:
-                await self.store.close()
+                try:
+                    await self.store.close()
+                finally:
+                    await self.coordination.close()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +27,7 @@ from .answer_stream import AnswerStream
 from .background import Background
 from .clock import Clock
 from .context_keeper import ContextKeeper, Prepared
+from .coordination import Lease, renewing
 from .history_store import ConversationState, HistoryStore, StoreError, Turn
 from .metrics import Metrics
 from .ollama import Ollama, OllamaError
@@ -45,6 +48,13 @@ log = logging.getLogger(__name__)
 
 # After the grace period, how long interrupted replies get to write their closing note.
 NOTE_SECONDS = 1.5
+# A conversation's lease (several processes): freed this long after its holder died, renewed
+# this often while a turn runs; a turn waiting for it asks again this often.
+LEASE_TTL = 15.0
+LEASE_RENEW = 5.0
+LEASE_POLL = 0.25
+# This process, among the others sharing the store.
+PROCESS = f"{os.uname().nodename}:{os.getpid()}"
 
 
 class ChatEngine:
@@ -60,8 +70,11 @@ class ChatEngine:
         clock: Clock,
         metrics: Metrics | None = None,
         gate: Callable[[], str | None] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.ollama = ollama
+        self.lease = lease  # with several processes: one turn of a conversation at a time
+        self.process = PROCESS  # the lease's owner
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -146,44 +159,22 @@ class ChatEngine:
                 self.metrics.requests_waiting.dec()
 
     async def _run(self, turn: RunningTurn, ticket: Ticket) -> ReplyOutcome:
-        """plan -> stream -> commit, with its Ollama slot held until the stream ends."""
+        """plan -> stream -> commit, owning the conversation (with several processes), its
+        Ollama slot held until the stream ends."""
         self._running[turn.conversation] = turn
         if self.metrics:
             self.metrics.requests_in_flight.inc()
         try:
-            try:
-                prepared = await self._plan(turn)
-            except StoreError as failure:
-                # Without its history the conversation cannot go on: say so, change nothing.
-                ticket.release_slot()
-                turn.store_failure = str(failure)
-                return await self._end.end(turn, "store_error")
-            if isinstance(prepared, Refusal):
-                return await self._end.end(turn, "refused", refusal=prepared)
-            try:
-                await self._answer.stream(turn, prepared)
-            except OllamaError as error:
-                ticket.release_slot()
-                status = "cut_off" if turn.text.strip() else "error"
-                return await self._end.end(turn, status, error=error)
-            except ReplyUndeliverable as gone:
-                # Nobody can see this reply (a deleted channel, a missing permission): stop
-                # Ollama (the stream was closed on the way out) and free the slot at once.
-                ticket.release_slot()
-                turn.undeliverable = str(gone)
-                return await self._end.end(turn, "undeliverable")
-            # Ollama is done with this reply: let the next one start while Discord catches up.
+            async with self._owned(turn.conversation):
+                return await self._turn(turn, ticket)
+        except StoreError as failure:
+            # Without its history (or its lease) the conversation cannot go on: say so,
+            # change nothing.
             ticket.release_slot()
-            if turn.keep_partial:
-                return await self._end.end(turn, "stopped")
-            if not turn.text.strip():
-                return await self._end.end(turn, "empty")
-            status = "length" if turn.done_reason == "length" else "ok"
-            outcome = await self._end.end(turn, status)
-            self.context.observe(prepared, turn.stats)
-            if outcome.stored:
-                await self._prepare_fold(turn.conversation)
-            return outcome
+            if turn.ended:
+                raise
+            turn.store_failure = str(failure)
+            return await self._end.end(turn, "store_error")
         except asyncio.CancelledError:
             # Reset or shutdown: the turn ends here, with its note, and stores nothing (unless
             # it was already ending: a turn ends once).
@@ -196,6 +187,68 @@ class ChatEngine:
                 self.metrics.requests_in_flight.dec()
             if self._running.get(turn.conversation) is turn:
                 del self._running[turn.conversation]
+
+    @asynccontextmanager
+    async def _owned(self, conversation: str) -> AsyncIterator[None]:
+        """Hold the conversation's lease (several processes share the store): during a rolling
+        restart two processes may both receive its messages, and only one may run a turn of
+        it at a time, or their turns would interleave. Renewed while the turn runs; freed by
+        its TTL if this process dies."""
+        lease = self.lease
+        if lease is None:
+            yield
+            return
+        name = f"conversation:{conversation}"
+        # The owner is this process: its own turns of a conversation already run one at a
+        # time (the fair queue), and a lease it failed to release (Redis was down) is its own.
+        owner = self.process
+        try:
+            # Another process's turn of it is running; it says nothing when it ends (it may
+            # die instead), so ask again now and then.
+            while not await lease.acquire(name, owner, LEASE_TTL):  # noqa: ASYNC110
+                await asyncio.sleep(LEASE_POLL)
+        except Exception as exc:  # the store's Redis is unreachable
+            raise StoreError(
+                f"HISTORY_STORE's Redis failed the conversation's lease: {exc}"
+            ) from exc
+        try:
+            async with renewing(lambda: lease.renew(name, owner, LEASE_TTL), LEASE_RENEW, name):
+                yield
+        finally:
+            try:
+                await lease.release(name, owner)
+            except Exception as exc:  # its TTL frees it
+                log.warning("event=lease_release_failed lease=%s cause=%r", name, str(exc))
+
+    async def _turn(self, turn: RunningTurn, ticket: Ticket) -> ReplyOutcome:
+        """plan -> stream -> commit."""
+        prepared = await self._plan(turn)
+        if isinstance(prepared, Refusal):
+            return await self._end.end(turn, "refused", refusal=prepared)
+        try:
+            await self._answer.stream(turn, prepared)
+        except OllamaError as error:
+            ticket.release_slot()
+            status = "cut_off" if turn.text.strip() else "error"
+            return await self._end.end(turn, status, error=error)
+        except ReplyUndeliverable as gone:
+            # Nobody can see this reply (a deleted channel, a missing permission): stop
+            # Ollama (the stream was closed on the way out) and free the slot at once.
+            ticket.release_slot()
+            turn.undeliverable = str(gone)
+            return await self._end.end(turn, "undeliverable")
+        # Ollama is done with this reply: let the next one start while Discord catches up.
+        ticket.release_slot()
+        if turn.keep_partial:
+            return await self._end.end(turn, "stopped")
+        if not turn.text.strip():
+            return await self._end.end(turn, "empty")
+        status = "length" if turn.done_reason == "length" else "ok"
+        outcome = await self._end.end(turn, status)
+        self.context.observe(prepared, turn.stats)
+        if outcome.stored:
+            await self._prepare_fold(turn.conversation)
+        return outcome
 
     async def _prepare_fold(self, conversation: str) -> None:
         """After a stored reply, start preparing the next fold if the prompt is getting full

@@ -22,12 +22,15 @@ processes whose clocks disagree still agree.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Protocol
 
-from .clock import Clock
+from .clock import Clock, Sleep
 from .coordination_budget import LeasedBudget, MemoryTokenBucket, Taken, check_ttl
-from .redis_coordination import RedisCoordination
 
 __all__ = [
     "Coordination",
@@ -35,12 +38,15 @@ __all__ = [
     "LeasedBudget",
     "MemoryCoordination",
     "RateBudget",
-    "RedisCoordination",
     "Slots",
     "Taken",
     "TokenBucket",
     "coordination_for",
+    "is_shared",
+    "renewing",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class RateBudget(Protocol):
@@ -216,12 +222,45 @@ class MemoryCoordination:
         return "MemoryCoordination()"
 
 
-def coordination_for(url: str | None) -> Coordination:
+def coordination_for(url: str | None, clock: Clock = time.monotonic) -> Coordination:
     """The in-process primitives for None or ``memory://``; Redis's for
     ``redis://[:password@]host:port/db`` or ``rediss://`` (the forms HISTORY_STORE accepts,
     validated by bot.settings). Anything else is a ValueError: a SQLite file is one process's."""
     if url is None or url == "memory://":
-        return MemoryCoordination()
-    if url.startswith(("redis://", "rediss://")):
-        return RedisCoordination(url)
+        return MemoryCoordination(clock)
+    if is_shared(url):
+        from .redis_coordination import RedisCoordination  # redis only for those who use it
+
+        return RedisCoordination(url, clock)
     raise ValueError("coordination needs a redis:// or rediss:// URL, or none for one process")
+
+
+def is_shared(url: str | None) -> bool:
+    """Whether the store URL is one every process reaches (so coordination goes through it)."""
+    return url is not None and url.startswith(("redis://", "rediss://"))
+
+
+@asynccontextmanager
+async def renewing(
+    renew: Callable[[], Awaitable[bool]], every: float, what: str, *, sleep: Sleep = asyncio.sleep
+) -> AsyncIterator[None]:
+    """Renew a lease or a slot every ``every`` seconds while the block runs. A renewal that
+    fails (Redis unreachable, or the TTL ran out while this process was stalled) is logged;
+    the work in the block goes on: stopping it would lose more than the overlap risks."""
+
+    async def keep() -> None:
+        while True:
+            await sleep(every)
+            try:
+                if not await renew():
+                    log.warning("event=renewal_lost what=%s", what)
+                    return
+            except Exception as exc:  # Redis down: the block's own calls will say so too
+                log.warning("event=renewal_failed what=%s cause=%r", what, str(exc))
+
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait({task})  # neither raises its CancelledError nor hides ours

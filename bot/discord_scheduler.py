@@ -14,6 +14,11 @@ stall the stream. So replies never send anything themselves: they update their w
 
 Per channel, a short-lived "pump" task sends one update at a time and ends when nothing is
 due; no task waits around idle.
+
+Several processes (shards) spend one bot token's 50 requests per second: each then also draws
+every REST call from a ``shared`` budget (a token bucket in Redis, leased a few tokens at a time,
+see bot/coordination_budget.py), and paces its intermediate edits for its ``share`` of the
+shards. Channel windows stay local: a channel belongs to one shard.
 """
 
 from __future__ import annotations
@@ -22,11 +27,20 @@ import asyncio
 import logging
 
 from .clock import Clock, Sleep
+from .coordination import RateBudget
 from .rate_limits import CURRENT_PRIORITY, DiscordLimits, Priority, RateWindow
 from .reply_text import MessageTarget
 from .reply_writer import ReplyWriter
 
 log = logging.getLogger(__name__)
+
+# The shared REST budget of all processes together, per second, and its burst: Discord allows
+# 50, and a leased token may be spent up to LeasedBudget's horizon (0.2 s) after it was counted,
+# so rate * 1.2 + burst must stay within 50 (see bot/coordination_budget.py).
+SHARED_RATE = 37.0
+SHARED_BURST = 5
+# Redis unreachable: seconds before the shared budget is asked again.
+SHARED_RETRY = 5.0
 
 
 class DiscordScheduler:
@@ -40,8 +54,14 @@ class DiscordScheduler:
         limits: DiscordLimits | None = None,
         sleep: Sleep = asyncio.sleep,
         max_reply_messages: int | None = None,
+        shared: RateBudget | None = None,
+        share: float = 1.0,
     ) -> None:
         self.clock = clock
+        self.shared = shared  # every process's REST budget, with several processes
+        self.share = share  # this process's part of the bot's traffic (its shards of all)
+        self._shared_failing = False
+        self._shared_retry_at = 0.0
         self.edit_interval = edit_interval
         self.limits = limits or DiscordLimits()
         self.sleep = sleep
@@ -74,9 +94,10 @@ class DiscordScheduler:
     def intermediate_interval(self) -> float:
         """Seconds between intermediate edits in one channel: EDIT_INTERVAL, or longer when so
         many replies stream that the global budget could not keep up."""
-        budget = (
-            self.limits.global_limit * self.limits.intermediate_share / self.limits.global_window
-        )
+        limit = self.limits.global_limit
+        if self.shared is not None:
+            limit = min(limit, int(SHARED_RATE * self.limits.global_window))
+        budget = limit * self.limits.intermediate_share * self.share / self.limits.global_window
         return max(self.edit_interval, self.streaming / budget)
 
     def _due(self, reply: ReplyWriter, now: float) -> Priority | None:
@@ -178,7 +199,29 @@ class DiscordScheduler:
         while (wait := self._global.wait(self.clock(), keep_free=keep)) > 0:
             await self.sleep(wait)
         self._global.record(self.clock())
+        while (wait := await self._shared_wait()) > 0:
+            await self.sleep(wait)
         self.rest_calls += 1
+
+    async def _shared_wait(self) -> float:
+        """0 once a token of the shared budget is taken, else the seconds to wait. Redis
+        unreachable: this process's own window is all that limits it, and Redis is asked again
+        only every few seconds (logged once; discord.py still waits out any 429 the processes
+        together then meet)."""
+        if self.shared is None or self.clock() < self._shared_retry_at:
+            return 0.0
+        try:
+            wait = await self.shared.acquire()
+        except Exception as exc:
+            if not self._shared_failing:
+                log.warning("event=shared_budget_unavailable cause=%r", str(exc))
+            self._shared_failing = True
+            self._shared_retry_at = self.clock() + SHARED_RETRY
+            return 0.0
+        if self._shared_failing:
+            log.info("event=shared_budget_back")
+            self._shared_failing = False
+        return wait
 
     def wrap_http(self, http: object) -> None:
         """Route every REST call of discord.py's HTTP client through :meth:`admit`."""

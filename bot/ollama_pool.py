@@ -12,8 +12,9 @@ A backend that refuses connections, times out before its first byte or answers 5
 down and probed with ``GET /api/version`` in the background; its request goes to another
 backend with no visible difference to the user. A stream that breaks after text was shown is
 not retried (the text would be repeated): the reply ends with its cut-off note as before.
-Slots are held through a :class:`SlotKeeper`, which with Redis is shared by every process, so
-that two processes never overload one GPU.
+Slots are held through a :class:`SlotKeeper`: with Redis, shared by every process (each slot
+renewed while its stream runs, and freed by its TTL if the process dies), so that two processes
+never overload one GPU; without, counted in this process.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, nullcontext
 from typing import Any, Protocol
 
 from .background import Background
 from .clock import Clock, Sleep
+from .coordination import renewing
 from .metrics import Metrics
 from .ollama import (
     ChatChunk,
@@ -45,8 +47,10 @@ from .ollama_backend import Backend
 
 log = logging.getLogger(__name__)
 
-# How long a slot is held without renewal before it frees itself (a killed process's slots).
-SLOT_TTL = 30.0
+# How long a slot is held without renewal before it frees itself (a killed process's slots),
+# and how often a held one is renewed.
+SLOT_TTL = 15.0
+SLOT_RENEW = 5.0
 # Seconds between probes of a backend that is down, and between refreshes of a backend's
 # model list.
 PROBE_SECONDS = 5.0
@@ -112,7 +116,7 @@ class OllamaPool:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
-        slots: SlotKeeper,
+        slots: SlotKeeper | None = None,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
         metrics: Metrics | None = None,
@@ -125,7 +129,10 @@ class OllamaPool:
             )
             for url, capacity in backends
         ]
-        self.slots = slots
+        # Shared slots (Redis) are renewed while held and may fail; local ones need neither.
+        self.shared_slots = slots is not None
+        self.slots: SlotKeeper = slots or LocalSlots()
+        self._unreleased: list[tuple[str, str]] = []  # releases Redis failed: owed still
         self.clock = clock
         self.sleep = sleep
         self.metrics = metrics
@@ -161,10 +168,12 @@ class OllamaPool:
             backend, holder = await self._take(model, route, tried)
             started = False
             try:
-                stream = backend.client.chat(
-                    model, messages, options=options, keep_alive=keep_alive, think=think
-                )
-                async with aclosing(stream) as chunks:
+                async with AsyncExitStack() as held:
+                    await held.enter_async_context(self._holding(backend, holder))
+                    stream = backend.client.chat(
+                        model, messages, options=options, keep_alive=keep_alive, think=think
+                    )
+                    chunks = await held.enter_async_context(aclosing(stream))
                     async for chunk in chunks:
                         started = True
                         yield chunk
@@ -191,9 +200,10 @@ class OllamaPool:
         while True:
             backend, holder = await self._take(model, route, tried)
             try:
-                answer = await backend.client.complete(
-                    model, messages, options=options, keep_alive=keep_alive, think=think
-                )
+                async with self._holding(backend, holder):
+                    answer = await backend.client.complete(
+                        model, messages, options=options, keep_alive=keep_alive, think=think
+                    )
                 self._served(route, backend)
                 return answer
             except OllamaError as error:
@@ -240,16 +250,48 @@ class OllamaPool:
             candidates = await self._candidates(model, tried)
             for backend in self._ranked(candidates, model, route):
                 holder = f"{self._holder}:{uuid.uuid4().hex[:8]}"
-                if await self.slots.try_acquire(
-                    backend.slot_name, holder, backend.capacity, SLOT_TTL
-                ):
+                if await self._try_slot(backend, holder):
                     backend.started()
                     return backend, holder
             await self.sleep(SLOT_WAIT)
 
+    async def _try_slot(self, backend: Backend, holder: str) -> bool:
+        try:
+            await self._settle_releases()
+            return await self.slots.try_acquire(
+                backend.slot_name, holder, backend.capacity, SLOT_TTL
+            )
+        except Exception as exc:
+            # Redis unreachable: count this process's own requests instead (other processes
+            # may then overload the backend a while; Ollama queues what it cannot run).
+            log.warning("event=slots_unavailable backend=%s cause=%r", backend.url, str(exc))
+            return backend.in_flight < backend.capacity
+
+    def _holding(self, backend: Backend, holder: str) -> AbstractAsyncContextManager[None]:
+        """While a request runs: a shared slot is renewed, so that its TTL only frees the
+        slots of a process that died."""
+        if not self.shared_slots:
+            return nullcontext()
+        name = backend.slot_name
+        return renewing(
+            lambda: self.slots.renew(name, holder, SLOT_TTL), SLOT_RENEW, f"slot:{backend.url}"
+        )
+
     async def _give_back(self, backend: Backend, holder: str) -> None:
         backend.finished()
-        await self.slots.release(backend.slot_name, holder)
+        try:
+            await self.slots.release(backend.slot_name, holder)
+        except Exception as exc:
+            # Redis unreachable: released when it answers again (or by the slot's TTL), so
+            # that a restarted Redis does not keep this process's finished requests busy.
+            self._unreleased.append((backend.slot_name, holder))
+            log.warning("event=slots_unavailable backend=%s cause=%r", backend.url, str(exc))
+
+    async def _settle_releases(self) -> None:
+        while self._unreleased:
+            name, holder = self._unreleased[0]
+            await self.slots.release(name, holder)
+            self._unreleased.pop(0)
 
     async def _candidates(self, model: str, tried: set[Backend]) -> list[Backend]:
         up = [b for b in self.backends if b.up and b not in tried]

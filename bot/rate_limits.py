@@ -29,6 +29,10 @@ CURRENT_PRIORITY: contextvars.ContextVar[Priority] = contextvars.ContextVar(
 )
 
 
+# Discord's own global limit: REST requests per second per bot token, all processes together.
+DISCORD_GLOBAL_LIMIT = 50
+
+
 @dataclass(frozen=True)
 class DiscordLimits:
     """Discord's limits as planned for, with headroom.

@@ -27,9 +27,11 @@ only grants less, never more.
 from __future__ import annotations
 
 import math
+import time
 
 from redis.asyncio import Redis
 
+from .clock import Clock
 from .coordination_budget import LeasedBudget, Taken, check_take, check_ttl
 from .redis_store import PREFIX, redis_client
 from .settings import shown_url
@@ -203,8 +205,9 @@ class RedisCoordination:
     """The primitives on one Redis client (one connection pool) of this process. ``budget``
     leases from the shared bucket (:class:`LeasedBudget`); ``bucket`` is the bucket itself."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Clock = time.monotonic) -> None:
         self.url = url
+        self.clock = clock  # the pockets' local times (the shared state uses Redis's clock)
         self.redis = redis_client(url)
         self.lease = RedisLease(self.redis)
         self.slots = RedisSlots(self.redis)
@@ -216,7 +219,7 @@ class RedisCoordination:
     def budget(self, name: str, rate: float, burst: int) -> LeasedBudget:
         # One pocket per name in a process: two would each lease tokens for the same demand.
         if name not in self._budgets:
-            self._budgets[name] = LeasedBudget(self.bucket(name, rate, burst))
+            self._budgets[name] = LeasedBudget(self.bucket(name, rate, burst), clock=self.clock)
         return self._budgets[name]
 
     async def close(self) -> None:

@@ -117,6 +117,13 @@ class Settings:
         """Replies generated at once: MAX_CONCURRENT, or every backend's slots together."""
         return self.max_concurrent or sum(slots for _, slots in self.ollama_backends)
 
+    @property
+    def shard_share(self) -> float:
+        """This process's part of the bot's shards (1.0 when it runs them all)."""
+        if self.shard_count is None or not self.shard_ids:
+            return 1.0
+        return len(self.shard_ids) / self.shard_count
+
     def think_field(self, model_can_think: bool) -> bool | None:
         """The ``think`` request field: only for models that can think (others refuse it);
         for them, whether to reason first (THINKING=hide) or answer at once (off)."""

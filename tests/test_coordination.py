@@ -17,10 +17,10 @@ from bot.coordination import (
     LeasedBudget,
     MemoryCoordination,
     RateBudget,
-    RedisCoordination,
     coordination_for,
 )
 from bot.coordination_budget import MemoryTokenBucket
+from bot.redis_coordination import RedisCoordination
 from tests.redis_server import RedisServer, started_redis
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from bot.metrics import Metrics
 from bot.ollama import ModelNotFound, OllamaRequestError, OllamaUnavailable, StreamInterrupted
-from bot.ollama_pool import LocalSlots, OllamaPool
+from bot.ollama_pool import OllamaPool
 from tests.conftest import until
 from tests.fake_ollama import FakeOllama, Reply
 
@@ -30,7 +30,6 @@ def make_pool(*fakes: FakeOllama, slots: int = 1, metrics: Metrics | None = None
         [(fake.url, slots) for fake in fakes],
         connect_timeout=2,
         read_timeout=5,
-        slots=LocalSlots(),
         clock=time.monotonic,
         sleep=quick,
         metrics=metrics,

@@ -17,12 +17,13 @@ from ..access import AccessPolicy
 from ..app import Services
 from ..chat_engine import ChatEngine
 from ..clock import Clock
-from ..discord_scheduler import DiscordScheduler
+from ..coordination import is_shared
+from ..discord_scheduler import SHARED_BURST, SHARED_RATE, DiscordScheduler
 from ..history_store import HistoryStore
 from ..metrics import Metrics, RateLimitLogCounter
 from ..model_manager import ModelManager
 from ..ollama import Ollama
-from ..rate_limits import DiscordLimits
+from ..rate_limits import DISCORD_GLOBAL_LIMIT, DiscordLimits
 from ..settings import Settings
 from ..user_messages import RESTART_NOTE
 from .answers import Answers
@@ -60,11 +61,19 @@ class OllacordBot(discord.Client):
         self.services = services or Services.build(settings, clock=clock)
         self.services.gateway_up = self.gateway_is_up
         self.gateway_connected = False
+        shared = None
+        limits = discord_limits or DiscordLimits()
+        # Several processes may spend the bot's budget (unless told to plan for no limits at
+        # all, as under SimCord, which has none).
+        if is_shared(settings.history_store) and limits.global_limit <= DISCORD_GLOBAL_LIMIT:
+            shared = self.services.coordination.budget("discord-rest", SHARED_RATE, SHARED_BURST)
         self.scheduler = DiscordScheduler(
             clock,
             edit_interval=settings.edit_interval,
-            limits=discord_limits,
+            limits=limits,
             max_reply_messages=settings.max_reply_messages,
+            shared=shared,
+            share=settings.shard_share,
         )
         self.permissions = Permissions(AccessPolicy.from_settings(settings), clock, self._guilds)
         self.answers = Answers(self.services, self.scheduler, self.permissions, lambda: self.user)
