@@ -28,6 +28,10 @@ from .sqlite_store import SqliteHistoryStore
 
 log = logging.getLogger(__name__)
 
+# How long a process's claim on a Discord event is kept (longer than any overlap of two
+# processes receiving the same events).
+EVENT_CLAIM_TTL = 3600.0
+
 
 def open_history_store(url: str) -> HistoryStore:
     """Build the store named by ``HISTORY_STORE`` (already validated by Settings)."""
@@ -135,6 +139,21 @@ class Services:
         else:
             # Only with metrics exposed: a timer that never stops would keep SimCord busy.
             self.background.spawn(self.metrics.watch_event_loop())
+
+    async def first_to_see(self, event: str) -> bool:
+        """Whether this process handles ``event`` (a Discord message id): with several
+        processes on one Redis, exactly one of them does (during a rolling restart the old
+        and the new process both receive a shard's events); alone, always. Redis down: this
+        process answers (at worst a message gets two answers, never none)."""
+        if not is_shared(self.settings.history_store):
+            return True
+        try:
+            return await self.coordination.lease.acquire(
+                f"event:{event}", self.engine.process, EVENT_CLAIM_TTL
+            )
+        except Exception as exc:
+            log.warning("event=claim_failed what=%s cause=%r", event, str(exc))
+            return True
 
     async def health_status(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when the gateway is connected and the store answers; Ollama is reported

@@ -170,6 +170,10 @@ class Ollama(Protocol):
 
     async def version(self) -> str: ...
 
+    async def describe(self) -> list[str]:
+        """One line per server, for admins' /status."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -372,6 +376,9 @@ class OllamaClient:
     async def version(self) -> str:
         data = await self._transport.request_json("GET", VERSION)
         return str(data.get("version", "unknown"))
+
+    async def describe(self) -> list[str]:
+        return [self.base_url]
 
 
 def model_matches(configured: str, available: str) -> bool:

@@ -386,8 +386,10 @@ class OllamaPool:
         assert error is not None
         raise error
 
-    def describe(self) -> list[str]:
-        """One line per backend, for /status (admins)."""
+    async def describe(self) -> list[str]:
+        """One line per backend, for /status (admins), with its models as recently known."""
+        up = [b for b in self.backends if b.up]
+        await asyncio.gather(*(b.refresh(self.clock, REFRESH_SECONDS) for b in up))
         return [b.describe() for b in self.backends]
 
 

@@ -169,10 +169,13 @@ async def test_status_shows_the_lists_to_admins_only(
     )
     admin = world["guild"].add_member(simcord_env.create_user("root"), roles=[admins])
 
-    assert str(world["ai_role"].id) in final_text(await admin.slash(channel, "status"))
-    assert str(world["ai_role"].id) not in final_text(
-        await world["with_role"].slash(channel, "status")
-    )
+    shown = final_text(await admin.slash(channel, "status"))
+    assert str(world["ai_role"].id) in shown
+    # Admins also see the Ollama servers and their state (which URL, up, busy, models).
+    assert f"- {fake_ollama.url}: up, 0/1 busy here, 1 models" in shown
+    member_view = final_text(await world["with_role"].slash(channel, "status"))
+    assert str(world["ai_role"].id) not in member_view
+    assert fake_ollama.url not in member_view
 
 
 # --- the pure rules and the settings -------------------------------------------------------------

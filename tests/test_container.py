@@ -80,3 +80,33 @@ def test_healthcheck_command_fails_when_nothing_listens() -> None:
         timeout=30,
     )
     assert done.returncode != 0
+
+
+def test_scale_compose_file_runs_two_shards_on_redis_and_two_ollamas() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.scale.yml").read_text())
+    services = compose["services"]
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:")
+    assert "--appendonly" in redis["command"] and "yes" in redis["command"]
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    ollamas = [name for name in services if name.startswith("ollama-")]
+    assert len(ollamas) == 2
+    shards = []
+    for name in ("bot-0", "bot-1"):
+        bot = services[name]
+        env = bot["environment"]
+        assert env["HISTORY_STORE"] == "redis://redis:6379/0"
+        assert env["SHARD_COUNT"] == "2"
+        shards.append(env["SHARD_IDS"])
+        # Both backends, each with its slots, and the bot waits for all three services.
+        assert env["OLLAMA_URL"] == ",".join(f"http://{o}:11434#2" for o in ollamas)
+        assert set(bot["depends_on"]) == {"redis", *ollamas}
+        assert bot["env_file"] == ".env"
+    assert shards == ["0", "1"]
+    # The settings parse as the bot would read them.
+    from bot.settings import Settings
+
+    env = {**services["bot-0"]["environment"], "DISCORD_TOKEN": "x"}
+    settings = Settings.from_env(env)
+    assert settings.shard_share == 0.5
+    assert [slots for _, slots in settings.ollama_backends] == [2, 2]

@@ -411,8 +411,14 @@ async def test_redis_ping_fails_once_the_server_is_gone(redis_server: RedisServe
     await store.open()
     await store.ping()
     redis_server.stop()
-    with pytest.raises(redis.RedisError):
+    # Every call of a running store fails the same way: a StoreError saying what is wrong.
+    with pytest.raises(StoreError, match="refused the connection") as caught:
         await store.ping()
+    assert isinstance(caught.value.__cause__, redis.RedisError)
+    with pytest.raises(StoreError, match="refused the connection"):
+        await store.load("c")
+    with pytest.raises(StoreError, match="refused the connection"):
+        await store.append("c", [Turn("user", "hi")])
     await store.close()
 
 

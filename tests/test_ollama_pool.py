@@ -318,7 +318,7 @@ async def test_describe_names_every_backend_and_its_state(
 ) -> None:
     a, b = two
     await answer(pool, route="c")
-    lines = pool.describe()
+    lines = await pool.describe()
     assert len(lines) == 2
     assert lines[0].startswith(a.url) and lines[1].startswith(b.url)
     assert all("up" in line and "/1 busy here" in line for line in lines)

@@ -149,3 +149,18 @@ async def test_two_schedulers_stay_under_discords_global_limit_together(
     assert busiest <= DISCORD_GLOBAL_LIMIT
     # Without it, the two local windows alone would have let 90 through in the first second.
     assert sum(1 for t in stamps if t < stamps[0] + 1.0) < 2 * 45
+
+
+async def test_a_message_both_processes_receive_is_handled_by_one(
+    two: tuple[Services, Services], redis_server: RedisServer
+) -> None:
+    """During a rolling restart the old and the new process both receive a shard's events."""
+    a, b = two
+    assert await a.first_to_see("message:1") is True
+    assert await b.first_to_see("message:1") is False
+    assert await a.first_to_see("message:1") is True  # asked again (a retry): still its own
+    assert await b.first_to_see("message:2") is True
+    # Redis unreachable: answered anyway (twice at worst, never not at all).
+    redis_server.stop()
+    assert await a.first_to_see("message:3") is True
+    assert await b.first_to_see("message:3") is True

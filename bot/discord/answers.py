@@ -68,6 +68,7 @@ class Answers:
         permissions: Permissions,
         me: Callable[[], discord.ClientUser | None],
     ) -> None:
+        self.services = services
         self.engine = services.engine
         self.metrics = services.metrics
         self.settings = services.settings
@@ -83,6 +84,9 @@ class Answers:
     async def on_message(self, message: discord.Message) -> None:
         me = self.me()
         if not is_for_me(message, me):
+            return
+        if not await self.services.first_to_see(f"message:{message.id}"):
+            log.info("event=message_taken_by_another_process message=%s", message.id)
             return
         refusal = await self.permissions.check_message(message)
         if refusal is not None:

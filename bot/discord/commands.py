@@ -269,4 +269,6 @@ class SlashCommands:
         )
         if self.permissions.is_admin(interaction):
             lines += ["", self.permissions.policy.describe()]
+            servers = await self.services.ollama.describe()
+            lines += ["", "**Ollama servers:**", *(f"- {line}" for line in servers)]
         await interaction.followup.send("\n".join(lines)[:MAX_TEXT], ephemeral=True)
