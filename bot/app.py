@@ -149,7 +149,7 @@ class Services:
             return True
         try:
             return await self.coordination.lease.acquire(
-                f"event:{event}", self.engine.process, EVENT_CLAIM_TTL
+                f"event:{event}", self.engine.leases.process, EVENT_CLAIM_TTL
             )
         except Exception as exc:
             log.warning("event=claim_failed what=%s cause=%r", event, str(exc))

@@ -15,11 +15,8 @@ through a :class:`ReplySink`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,8 +24,9 @@ from .answer_stream import AnswerStream
 from .background import Background
 from .clock import Clock
 from .context_keeper import ContextKeeper, Prepared
-from .coordination import Lease, renewing
-from .history_store import ConversationState, HistoryStore, StoreError, Turn
+from .conversation_lease import ConversationLeases
+from .coordination import Lease
+from .history_store import ConversationState, HistoryStore, StoreError, Turn, latest_exchange
 from .metrics import Metrics
 from .ollama import Ollama, OllamaError
 from .request_queue import FairQueue, Ticket
@@ -48,13 +46,6 @@ log = logging.getLogger(__name__)
 
 # After the grace period, how long interrupted replies get to write their closing note.
 NOTE_SECONDS = 1.5
-# A conversation's lease (several processes): freed this long after its holder died, renewed
-# this often while a turn runs; a turn waiting for it asks again this often.
-LEASE_TTL = 15.0
-LEASE_RENEW = 5.0
-LEASE_POLL = 0.25
-# This process, among the others sharing the store.
-PROCESS = f"{os.uname().nodename}:{os.getpid()}"
 
 
 class ChatEngine:
@@ -73,8 +64,7 @@ class ChatEngine:
         lease: Lease | None = None,
     ) -> None:
         self.ollama = ollama
-        self.lease = lease  # with several processes: one turn of a conversation at a time
-        self.process = PROCESS  # the lease's owner
+        self.leases = ConversationLeases(lease)  # several processes: one turn at a time
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -165,7 +155,7 @@ class ChatEngine:
         if self.metrics:
             self.metrics.requests_in_flight.inc()
         try:
-            async with self._owned(turn.conversation):
+            async with self.leases.owned(turn.conversation):
                 return await self._turn(turn, ticket)
         except StoreError as failure:
             # Without its history (or its lease) the conversation cannot go on: say so,
@@ -187,38 +177,6 @@ class ChatEngine:
                 self.metrics.requests_in_flight.dec()
             if self._running.get(turn.conversation) is turn:
                 del self._running[turn.conversation]
-
-    @asynccontextmanager
-    async def _owned(self, conversation: str) -> AsyncIterator[None]:
-        """Hold the conversation's lease (several processes share the store): during a rolling
-        restart two processes may both receive its messages, and only one may run a turn of
-        it at a time, or their turns would interleave. Renewed while the turn runs; freed by
-        its TTL if this process dies."""
-        lease = self.lease
-        if lease is None:
-            yield
-            return
-        name = f"conversation:{conversation}"
-        # The owner is this process: its own turns of a conversation already run one at a
-        # time (the fair queue), and a lease it failed to release (Redis was down) is its own.
-        owner = self.process
-        try:
-            # Another process's turn of it is running; it says nothing when it ends (it may
-            # die instead), so ask again now and then.
-            while not await lease.acquire(name, owner, LEASE_TTL):  # noqa: ASYNC110
-                await asyncio.sleep(LEASE_POLL)
-        except Exception as exc:  # the store's Redis is unreachable
-            raise StoreError(
-                f"HISTORY_STORE's Redis failed the conversation's lease: {exc}"
-            ) from exc
-        try:
-            async with renewing(lambda: lease.renew(name, owner, LEASE_TTL), LEASE_RENEW, name):
-                yield
-        finally:
-            try:
-                await lease.release(name, owner)
-            except Exception as exc:  # its TTL frees it
-                log.warning("event=lease_release_failed lease=%s cause=%r", name, str(exc))
 
     async def _turn(self, turn: RunningTurn, ticket: Ticket) -> ReplyOutcome:
         """plan -> stream -> commit."""
@@ -319,21 +277,6 @@ class ChatEngine:
         log.info("event=reset conversation=%s stopped_reply=%s", conversation, stopped)
         return stopped
 
-    async def latest_question(self, conversation: str) -> int | None:
-        """The Discord message id of the question whose answer is the conversation's latest."""
-        state = await self.store.get_state(conversation)
-        latest = latest_exchange(await self.store.load(conversation, after=state.window_start))
-        return latest[0].ref if latest is not None else None
-
-    async def reasoning_of(self, conversation: str, asked: int) -> str | None:
-        """The reasoning kept with the answer to the question ``asked`` (a Discord message),
-        or None if that answer is gone (reset, regenerated) or had none."""
-        turns = await self.store.load(conversation)
-        for question, answer in itertools.pairwise(turns):
-            if question.role == "user" and question.ref == asked and answer.role == "assistant":
-                return answer.reasoning or None
-        return None
-
     def stop(self, conversation: str, ref: int) -> bool:
         """Stop the reply to message ``ref`` (Stop button): it keeps what it wrote, also in
         the history, marked as stopped. False if that reply is not streaming."""
@@ -353,13 +296,6 @@ class ChatEngine:
         pending = {task for task in self._turns if not task.done()}
         if pending:
             await _stop_replies(self._turns, pending, grace, stop_note)
-
-
-def latest_exchange(turns: list[Turn]) -> tuple[Turn, Turn] | None:
-    """The conversation's last question and its answer, if it ends with one."""
-    if len(turns) >= 2 and turns[-2].role == "user" and turns[-1].role == "assistant":
-        return turns[-2], turns[-1]
-    return None
 
 
 def _input_refusal(

@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from .clock import Clock, Sleep
 from .coordination import RateBudget
 from .rate_limits import CURRENT_PRIORITY, DiscordLimits, Priority, RateWindow
 from .reply_text import MessageTarget
 from .reply_writer import ReplyWriter
+from .rest_gate import RestGate
 
 log = logging.getLogger(__name__)
+
+# Reads what Discord said about a route's bucket: (channel, remaining, reset_after) or None.
+Observer = Callable[[object, object], tuple[int, int, float] | None]
 
 # The shared REST budget of all processes together, per second, and its burst: Discord allows
 # 50, and a leased token may be spent up to LeasedBudget's horizon (0.2 s) after it was counted,
@@ -70,7 +75,12 @@ class DiscordScheduler:
         self._channel_windows: dict[int, RateWindow] = {}
         self._channel_intermediate: dict[int, float] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
-        self._global = RateWindow(self.limits.global_limit, self.limits.global_window)
+        self._global = RestGate(
+            RateWindow(self.limits.global_limit, self.limits.global_window),
+            self._keep_free,
+            clock=clock,
+            sleep=sleep,
+        )
         self.rest_calls = 0
 
     # --- replies -----------------------------------------------------------------------------
@@ -115,6 +125,10 @@ class DiscordScheduler:
                 self._channel_intermediate.get(reply.channel_id, -1e18),
             )
             if now - last < interval:
+                # Remembered, so that the tokens arriving meanwhile cost no new look (the
+                # per-token path): only a complete message or the end can change it.
+                reply.paced_until = last + interval
+                reply.paced_at_message = reply.content.frozen_count
                 return None
         return priority
 
@@ -123,7 +137,14 @@ class DiscordScheduler:
         channel = reply.channel_id
         if channel in self._pumps:
             return
-        if self._due(reply, self.clock()) is None:
+        now = self.clock()
+        if (
+            now < reply.paced_until
+            and not reply.final
+            and reply.content.frozen_count == reply.paced_at_message
+        ):
+            return  # an intermediate update, not due yet
+        if self._due(reply, now) is None:
             return
         self._pumps[channel] = asyncio.create_task(self._pump(channel))
 
@@ -151,9 +172,7 @@ class DiscordScheduler:
         return min(times) if times else None
 
     async def _pump(self, channel: int) -> None:
-        window = self._channel_windows.setdefault(
-            channel, RateWindow(self.limits.channel_limit, self.limits.channel_window)
-        )
+        window = self._window(channel)
         try:
             while True:
                 now = self.clock()
@@ -165,8 +184,8 @@ class DiscordScheduler:
                     await self.sleep(max(0.0, retry - now))
                     continue
                 reply, priority = choice
-                # Keep one slot of the channel's window for first and final texts.
-                keep = 0 if priority <= Priority.FINAL else 1
+                # Keep one slot of the channel's window for finals, first texts and splits.
+                keep = 0 if priority <= Priority.FIRST else 1
                 wait = window.wait(now, keep_free=keep)
                 if wait > 0:
                     await self.sleep(wait)
@@ -188,20 +207,23 @@ class DiscordScheduler:
     # --- the global REST budget --------------------------------------------------------------
 
     async def admit(self) -> None:
-        """Wait until one more REST call fits the global budget, at this task's priority.
-        Every REST call of the bot goes through here (see :meth:`wrap_http`)."""
-        priority = CURRENT_PRIORITY.get()
-        keep = 0
-        if priority >= Priority.INTERMEDIATE:
-            keep = int(self.limits.global_limit * (1 - self.limits.intermediate_share))
-        elif priority >= Priority.FIRST:
-            keep = max(1, self.limits.global_limit // 10)  # room for interaction responses
-        while (wait := self._global.wait(self.clock(), keep_free=keep)) > 0:
-            await self.sleep(wait)
-        self._global.record(self.clock())
+        """Wait until one more REST call fits the global budget, at this task's priority (in
+        line behind more important calls). Every REST call of the bot goes through here (see
+        :meth:`wrap_http`)."""
+        await self._global.admit(CURRENT_PRIORITY.get())
         while (wait := await self._shared_wait()) > 0:
             await self.sleep(wait)
         self.rest_calls += 1
+
+    def _keep_free(self, priority: Priority) -> int:
+        """Slots of the global window a call leaves to more important ones: intermediate
+        edits leave what finals and first texts need; those leave room for interaction
+        responses (3 s to answer)."""
+        if priority >= Priority.INTERMEDIATE:
+            return int(self.limits.global_limit * (1 - self.limits.intermediate_share))
+        if priority is Priority.URGENT:
+            return 0
+        return max(1, self.limits.global_limit // 10)
 
     async def _shared_wait(self) -> float:
         """0 once a token of the shared budget is taken, else the seconds to wait. Redis
@@ -223,12 +245,39 @@ class DiscordScheduler:
             self._shared_failing = False
         return wait
 
-    def wrap_http(self, http: object) -> None:
-        """Route every REST call of discord.py's HTTP client through :meth:`admit`."""
+    def wrap_http(self, http: object, observe: Observer | None = None) -> None:
+        """Route every REST call of discord.py's HTTP client through :meth:`admit`; after
+        each, ``observe(http, route)`` tells what Discord said about that route's bucket."""
         original = http.request  # type: ignore[attr-defined]
 
         async def request(*args: object, **kwargs: object) -> object:
             await self.admit()
-            return await original(*args, **kwargs)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                seen = observe(http, args[0]) if observe is not None and args else None
+                if seen is not None:
+                    self.observed(*seen)
 
         http.request = request  # type: ignore[attr-defined]
+
+    def _window(self, channel: int) -> RateWindow:
+        return self._channel_windows.setdefault(
+            channel, RateWindow(self.limits.channel_limit, self.limits.channel_window)
+        )
+
+    def observed(self, channel: int, remaining: int, reset_after: float) -> None:
+        """Discord's headers for a channel's message bucket correct its plan."""
+        self._window(channel).observe(self.clock(), remaining, reset_after)
+
+    def rate_limited(self, channel: int, retry_after: float) -> None:
+        """A 429 on a channel's messages despite the plan: wait it out, plan tighter."""
+        window = self._window(channel)
+        window.rate_limited(self.clock(), retry_after)
+        log.warning(
+            "event=discord_rate_limited channel=%s retry_after=%.2f plan_now=%d_per_%.2gs",
+            channel,
+            retry_after,
+            window.limit,
+            window.window,
+        )

@@ -14,6 +14,7 @@ check happens inside the store's own atomic step, not in a per-process lock.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -127,6 +128,30 @@ class HistoryStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def latest_exchange(turns: list[Turn]) -> tuple[Turn, Turn] | None:
+    """The conversation's last question and its answer, if it ends with one."""
+    if len(turns) >= 2 and turns[-2].role == "user" and turns[-1].role == "assistant":
+        return turns[-2], turns[-1]
+    return None
+
+
+async def latest_question(store: HistoryStore, conversation: str) -> int | None:
+    """The Discord message id of the question whose answer is the conversation's latest."""
+    state = await store.get_state(conversation)
+    latest = latest_exchange(await store.load(conversation, after=state.window_start))
+    return latest[0].ref if latest is not None else None
+
+
+async def reasoning_of(store: HistoryStore, conversation: str, asked: int) -> str | None:
+    """The reasoning kept with the answer to the question ``asked`` (a Discord message), or
+    None if that answer is gone (reset, regenerated) or had none."""
+    turns = await store.load(conversation)
+    for question, answer in itertools.pairwise(turns):
+        if question.role == "user" and question.ref == asked and answer.role == "assistant":
+            return answer.reasoning or None
+    return None
 
 
 def cleared(state: ConversationState) -> ConversationState:

@@ -8,8 +8,9 @@ ourselves and only decode complete lines.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 # The Go client's bufio.Scanner allows lines up to 8,000,000 bytes; so do we.
 MAX_LINE_BYTES = 8_000_000
@@ -78,8 +79,8 @@ class NdjsonDecoder:
     @staticmethod
     def _decode(line: bytes) -> dict[str, Any]:
         try:
-            obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = orjson.loads(line)  # bytes in, no decode step: the per-token path
+        except orjson.JSONDecodeError as exc:  # also invalid UTF-8
             preview = line[:120].decode("utf-8", "replace")
             raise NdjsonError(f"not a JSON line: {preview!r} ({exc})") from None
         if not isinstance(obj, dict):

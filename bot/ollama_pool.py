@@ -12,9 +12,8 @@ A backend that refuses connections, times out before its first byte or answers 5
 down and probed with ``GET /api/version`` in the background; its request goes to another
 backend with no visible difference to the user. A stream that breaks after text was shown is
 not retried (the text would be repeated): the reply ends with its cut-off note as before.
-Slots are held through a :class:`SlotKeeper`: with Redis, shared by every process (each slot
-renewed while its stream runs, and freed by its TTL if the process dies), so that two processes
-never overload one GPU; without, counted in this process.
+Slots are held through :class:`bot.backend_slots.BackendSlots`: with Redis, shared by every
+process, so that two processes never overload one GPU; without, counted in this process.
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, nullcontext
-from typing import Any, Protocol
+from contextlib import AsyncExitStack, aclosing
+from typing import Any
 
+from .backend_slots import BackendSlots, SlotKeeper
 from .background import Background
 from .clock import Clock, Sleep
-from .coordination import renewing
 from .metrics import Metrics
 from .ollama import (
     ChatChunk,
@@ -44,50 +43,17 @@ from .ollama import (
     model_matches,
 )
 from .ollama_backend import Backend
+from .ollama_pulls import pull_everywhere
 
 log = logging.getLogger(__name__)
 
-# How long a slot is held without renewal before it frees itself (a killed process's slots),
-# and how often a held one is renewed.
-SLOT_TTL = 15.0
-SLOT_RENEW = 5.0
 # Seconds between probes of a backend that is down, and between refreshes of a backend's
 # model list.
 PROBE_SECONDS = 5.0
 REFRESH_SECONDS = 60.0
-# A request waits this long for a free slot on any backend before it goes to the least busy.
+# A request finding every backend full asks again after this long (the slots may be held by
+# other processes, which say nothing when they free one).
 SLOT_WAIT = 0.25
-
-
-class SlotKeeper(Protocol):
-    """Counting slots per backend, held by one request each (shared across processes with
-    Redis, in memory otherwise)."""
-
-    async def try_acquire(self, name: str, holder: str, capacity: int, ttl: float) -> bool: ...
-
-    async def renew(self, name: str, holder: str, ttl: float) -> bool: ...
-
-    async def release(self, name: str, holder: str) -> None: ...
-
-
-class LocalSlots:
-    """Slots counted in this process (no Redis: one process uses the backends)."""
-
-    def __init__(self) -> None:
-        self._holders: dict[str, set[str]] = {}
-
-    async def try_acquire(self, name: str, holder: str, capacity: int, ttl: float) -> bool:
-        holders = self._holders.setdefault(name, set())
-        if len(holders) >= capacity:
-            return False
-        holders.add(holder)
-        return True
-
-    async def renew(self, name: str, holder: str, ttl: float) -> bool:
-        return holder in self._holders.get(name, set())
-
-    async def release(self, name: str, holder: str) -> None:
-        self._holders.get(name, set()).discard(holder)
 
 
 def is_down(error: OllamaError) -> bool:
@@ -129,10 +95,7 @@ class OllamaPool:
             )
             for url, capacity in backends
         ]
-        # Shared slots (Redis) are renewed while held and may fail; local ones need neither.
-        self.shared_slots = slots is not None
-        self.slots: SlotKeeper = slots or LocalSlots()
-        self._unreleased: list[tuple[str, str]] = []  # releases Redis failed: owed still
+        self.slots = BackendSlots(slots)
         self.clock = clock
         self.sleep = sleep
         self.metrics = metrics
@@ -169,7 +132,7 @@ class OllamaPool:
             started = False
             try:
                 async with AsyncExitStack() as held:
-                    await held.enter_async_context(self._holding(backend, holder))
+                    await held.enter_async_context(self.slots.holding(backend, holder))
                     stream = backend.client.chat(
                         model, messages, options=options, keep_alive=keep_alive, think=think
                     )
@@ -183,7 +146,8 @@ class OllamaPool:
                 if started or not self._fail_over(backend, error, tried):
                     raise
             finally:
-                await self._give_back(backend, holder)
+                backend.finished()
+                await self.slots.give_back(backend, holder)
 
     async def complete(
         self,
@@ -200,7 +164,7 @@ class OllamaPool:
         while True:
             backend, holder = await self._take(model, route, tried)
             try:
-                async with self._holding(backend, holder):
+                async with self.slots.holding(backend, holder):
                     answer = await backend.client.complete(
                         model, messages, options=options, keep_alive=keep_alive, think=think
                     )
@@ -210,7 +174,8 @@ class OllamaPool:
                 if not self._fail_over(backend, error, tried):
                     raise
             finally:
-                await self._give_back(backend, holder)
+                backend.finished()
+                await self.slots.give_back(backend, holder)
 
     def _fail_over(self, backend: Backend, error: OllamaError, tried: set[Backend]) -> bool:
         """After a failure before any byte: True to try the request on another backend."""
@@ -250,48 +215,10 @@ class OllamaPool:
             candidates = await self._candidates(model, tried)
             for backend in self._ranked(candidates, model, route):
                 holder = f"{self._holder}:{uuid.uuid4().hex[:8]}"
-                if await self._try_slot(backend, holder):
+                if await self.slots.take(backend, holder):
                     backend.started()
                     return backend, holder
             await self.sleep(SLOT_WAIT)
-
-    async def _try_slot(self, backend: Backend, holder: str) -> bool:
-        try:
-            await self._settle_releases()
-            return await self.slots.try_acquire(
-                backend.slot_name, holder, backend.capacity, SLOT_TTL
-            )
-        except Exception as exc:
-            # Redis unreachable: count this process's own requests instead (other processes
-            # may then overload the backend a while; Ollama queues what it cannot run).
-            log.warning("event=slots_unavailable backend=%s cause=%r", backend.url, str(exc))
-            return backend.in_flight < backend.capacity
-
-    def _holding(self, backend: Backend, holder: str) -> AbstractAsyncContextManager[None]:
-        """While a request runs: a shared slot is renewed, so that its TTL only frees the
-        slots of a process that died."""
-        if not self.shared_slots:
-            return nullcontext()
-        name = backend.slot_name
-        return renewing(
-            lambda: self.slots.renew(name, holder, SLOT_TTL), SLOT_RENEW, f"slot:{backend.url}"
-        )
-
-    async def _give_back(self, backend: Backend, holder: str) -> None:
-        backend.finished()
-        try:
-            await self.slots.release(backend.slot_name, holder)
-        except Exception as exc:
-            # Redis unreachable: released when it answers again (or by the slot's TTL), so
-            # that a restarted Redis does not keep this process's finished requests busy.
-            self._unreleased.append((backend.slot_name, holder))
-            log.warning("event=slots_unavailable backend=%s cause=%r", backend.url, str(exc))
-
-    async def _settle_releases(self) -> None:
-        while self._unreleased:
-            name, holder = self._unreleased[0]
-            await self.slots.release(name, holder)
-            self._unreleased.pop(0)
 
     async def _candidates(self, model: str, tried: set[Backend]) -> list[Backend]:
         up = [b for b in self.backends if b.up and b not in tried]
@@ -391,49 +318,3 @@ class OllamaPool:
         up = [b for b in self.backends if b.up]
         await asyncio.gather(*(b.refresh(self.clock, REFRESH_SECONDS) for b in up))
         return [b.describe() for b in self.backends]
-
-
-async def pull_everywhere(
-    backends: Sequence[Backend], model: str
-) -> AsyncGenerator[PullProgress, None]:
-    """Pull on every backend at once; the progress lines of all of them, with each layer
-    named per backend so that one tracker adds them up into one bar."""
-    queue: asyncio.Queue[PullProgress | BaseException | None] = asyncio.Queue()
-
-    async def pull_one(index: int, backend: Backend) -> None:
-        try:
-            async for progress in backend.client.pull(model):
-                digest = f"{index}:{progress.digest}" if progress.digest else ""
-                total, completed = progress.total, progress.completed
-                await queue.put(PullProgress(progress.status, digest, total, completed))
-        except BaseException as exc:  # handed to the reader, which raises it
-            await queue.put(exc)
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.create_task(pull_one(i, b)) for i, b in enumerate(backends)]
-    try:
-        async for progress in _drain(queue, len(tasks)):
-            yield progress
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _drain(
-    queue: asyncio.Queue[PullProgress | BaseException | None], producers: int
-) -> AsyncGenerator[PullProgress, None]:
-    """Progress from several producers until all are done; the first failure is raised once
-    the others finished (a pull that fails on one backend fails)."""
-    failure: BaseException | None = None
-    while producers:
-        item = await queue.get()
-        if item is None:
-            producers -= 1
-        elif isinstance(item, BaseException):
-            failure = failure or item
-        else:
-            yield item
-    if failure is not None:
-        raise failure

@@ -16,12 +16,12 @@ Protocol facts: ``docs/ollama-protocol.md`` (anchors below refer to it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 
 from .ndjson import NdjsonDecoder, NdjsonError
 from .ollama_errors import (
@@ -192,7 +192,7 @@ class OllamaTransport:
         data = None
         if body is not None:
             headers["Content-Type"] = JSON_TYPE
-            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            data = orjson.dumps(body)  # UTF-8, like ensure_ascii=False
         exchange: _Exchange | None = None
         try:
             async with self._get_session().request(
@@ -262,8 +262,8 @@ class OllamaTransport:
 def _error_field(text: str) -> str | None:
     """The ``error`` of a JSON ``{"error": ...}`` body, or None if the body is not one."""
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None
     if isinstance(parsed, dict) and "error" in parsed:
         return str(parsed["error"])
@@ -274,8 +274,8 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
     """A whole JSON body as an object. Raises NdjsonError so that it is translated like a
     malformed stream line."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8
         preview = raw[:120].decode("utf-8", "replace")
         raise NdjsonError(f"not a JSON answer: {preview!r} ({exc})") from None
     if not isinstance(obj, dict):

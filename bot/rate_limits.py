@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 class Priority(enum.IntEnum):
     """Lower goes first. REST calls outside the scheduler (interaction responses with their
-    3 s deadline, typing) count as URGENT."""
+    3 s deadline, typing) count as URGENT. A final text goes before a first text or a split
+    (an answer done is what people wait for; a first text only replaces "typing"), and both
+    before intermediate edits."""
 
     URGENT = 0
-    FIRST = 1
-    FINAL = 2
+    FINAL = 1
+    FIRST = 2
     INTERMEDIATE = 3
     STATUS = 4
 
@@ -51,12 +53,29 @@ class DiscordLimits:
 
 class RateWindow:
     """At most ``limit`` events in any ``window`` seconds (a sliding window: never more than
-    Discord's fixed window allows, wherever its window starts)."""
+    Discord's fixed window allows, wherever its window starts), corrected by what Discord
+    says (:meth:`observe`, :meth:`rate_limited`): the plan is a model, Discord's headers are
+    the truth."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
         self._times: deque[float] = deque()
+        # Discord's last word: this many more events fit until then.
+        self._cap_until = float("-inf")
+        self._cap_left = 0
+
+    def observe(self, now: float, remaining: int, reset_after: float) -> None:
+        """Discord's ``X-RateLimit-Remaining`` and ``Reset-After`` for this bucket, just read:
+        no more than ``remaining`` further events until ``reset_after`` seconds from now."""
+        self._cap_until = now + reset_after
+        self._cap_left = remaining
+
+    def rate_limited(self, now: float, retry_after: float) -> None:
+        """A 429 happened anyway: nothing more until Discord's ``retry_after``, and from now
+        on one event fewer per window for this bucket."""
+        self.observe(now, 0, retry_after)
+        self.limit = max(1, self.limit - 1)
 
     def _expire(self, now: float) -> None:
         while self._times and self._times[0] <= now - self.window:
@@ -69,13 +88,17 @@ class RateWindow:
     def wait(self, now: float, *, keep_free: int = 0) -> float:
         """Seconds until one more event fits while ``keep_free`` slots stay unused."""
         self._expire(now)
+        capped = now < self._cap_until and self._cap_left - keep_free <= 0
+        cap_wait = self._cap_until - now if capped else 0.0
         allowed = self.limit - keep_free
         if allowed <= 0:
-            return self.window
+            return max(self.window, cap_wait)
         excess = len(self._times) - allowed + 1
         if excess <= 0:
-            return 0.0
-        return max(0.0, self._times[excess - 1] + self.window - now)
+            return cap_wait
+        return max(0.0, self._times[excess - 1] + self.window - now, cap_wait)
 
     def record(self, now: float) -> None:
         self._times.append(now)
+        if now < self._cap_until:
+            self._cap_left -= 1

@@ -11,6 +11,9 @@ from typing import Protocol
 
 from .splitter import DISCORD_LIMIT, close_open_fence, discord_len, take_chunk
 
+# The most close_open_fence() adds to a text: one "```".
+CLOSING_FENCE_UNITS = 3
+
 
 class Controls(enum.Enum):
     """The buttons under a reply's first message."""
@@ -40,7 +43,8 @@ class Controls(enum.Enum):
 class MessageTarget(Protocol):
     """Where the messages of one reply go. Index 0 is the first message (the Discord reply).
 
-    ``controls`` are the buttons to show on that message (None: leave them as they are);
+    ``controls`` are the buttons to show on that message (None: leave them as they are; only
+    the reply's last message carries any);
     ``file`` (name, bytes), a file to attach to it (given only when there is one). Both
     return True when done, None when it failed for now (try again a little later), and when
     Discord refuses for good (deleted channel, missing permission: stop the reply) the reason
@@ -63,6 +67,19 @@ class MessageTarget(Protocol):
         controls: Controls | None,
         file: tuple[str, bytes] | None = None,
     ) -> bool | str | None: ...
+
+    async def delete(self, index: int) -> bool | str | None:
+        """Remove a message (one a regenerated, shorter answer no longer needs)."""
+        ...
+
+    def overtaken(self, index: int) -> bool:
+        """Whether other messages were posted in the channel after this one."""
+        ...
+
+    async def replace(self, index: int, text: str, *, controls: Controls) -> bool | str | None:
+        """Post ``text`` as a new message at the bottom of the channel in place of message
+        ``index`` (which is then deleted)."""
+        ...
 
 
 class ReplyText:
@@ -88,6 +105,12 @@ class ReplyText:
         self.note = ""
         self._frozen: list[str] = []
         self._tail = ""
+        self._tail_units = 0  # discord_len(self._tail), kept as text arrives
+
+    @property
+    def frozen_count(self) -> int:
+        """Messages complete so far (they will not change again)."""
+        return len(self._frozen)
 
     @property
     def overflowed(self) -> bool:
@@ -110,10 +133,16 @@ class ReplyText:
 
     def _append(self, delta: str) -> None:
         self._tail += delta
+        self._tail_units += discord_len(delta)
+        # The per-token path: closing an open code block adds at most a fence (3 units), so
+        # below that the tail surely fits and nothing is scanned.
+        if self._tail_units + CLOSING_FENCE_UNITS <= self.limit:
+            return
         while discord_len(close_open_fence(self._tail)) > self.limit:
             chunk, self._tail = take_chunk(self._tail, self.limit)
             if chunk:  # "" when the window was only whitespace: nothing to show
                 self._frozen.append(chunk)
+        self._tail_units = discord_len(self._tail)
 
     def messages(self) -> list[str]:
         """The messages as they should look now."""

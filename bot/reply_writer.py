@@ -3,11 +3,19 @@
 The engine feeds text (never waiting for Discord); the scheduler (:mod:`bot.discord_scheduler`)
 decides when the writer may push the next update to its :class:`MessageTarget`, one REST call
 at a time, until Discord shows what the writer wants.
+
+The buttons (Stop while it streams; Regenerate, Reasoning once done) sit under the reply's
+*last* message, so that the end of an answer is one request: its final text and its buttons in
+the same edit. When an answer grows a new message, the edit that completes the previous one
+also takes its buttons away, and the new message is created with them: nothing is left to fix
+at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from .clock import Clock
@@ -57,10 +65,12 @@ class ReplyWriter(QuietEvents):
         self.file_shown = False  # the whole answer attached, for one too long for its messages
         self.status: str | None = None  # e.g. "queued: 2 ahead", shown until text arrives
         self.shown: list[str] = []
+        self.status_shown = False  # the first message shows a status (queue place, thinking)
         self.final = False
         # Buttons: Stop while streaming; what finish() says once done (Regenerate if stored).
+        # They go under the last message; ``shown_buttons`` are those of each shown message.
         self.controls = Controls.STOP
-        self.shown_controls: Controls | None = None
+        self.shown_buttons: list[Controls] = []
         self.updates = 0
         self.last_update: float | None = None
         self.failures = 0  # updates in a row that Discord failed (for now)
@@ -69,6 +79,10 @@ class ReplyWriter(QuietEvents):
         self.delivered = True  # False once an update was given up: the reader missed text
         self.retry_at: float | None = None
         self.waiting_since = scheduler.clock()
+        # Set by the scheduler: no intermediate update is due before then, unless a message
+        # completes (a split) or the reply ends.
+        self.paced_until = float("-inf")
+        self.paced_at_message = 0
         self._delivered: asyncio.Future[None] | None = None
 
     @property
@@ -86,12 +100,18 @@ class ReplyWriter(QuietEvents):
 
     def pending(self) -> bool:
         desired = self.desired()
+        buttons = self._wanted_buttons(len(desired))
         return (
             len(desired) > len(self.shown)
             or any(shown != want for shown, want in zip(self.shown, desired, strict=False))
-            or (bool(self.shown) and self.shown_controls is not self._wanted_controls())
+            or any(s is not w for s, w in zip(self.shown_buttons, buttons, strict=False))
             or (self._wanted_file() is not None and not self.file_shown)
+            or (self.final and len(self.shown) > len(desired))  # an earlier answer was longer
         )
+
+    def _wanted_buttons(self, count: int) -> list[Controls]:
+        """The buttons each of ``count`` messages should carry: only the last has any."""
+        return [Controls.NONE] * (count - 1) + [self._wanted_controls()] if count else []
 
     def _wanted_file(self) -> tuple[str, bytes] | None:
         """The whole answer as a file, once it is complete (only for an overflowing one)."""
@@ -172,35 +192,82 @@ class ReplyWriter(QuietEvents):
         if refused is not None:
             self.refused = refused
         self.shown = self.desired()
-        self.shown_controls = self._wanted_controls()
+        self.shown_buttons = self._wanted_buttons(len(self.shown))
         self._settle()
 
     async def push(self) -> None:
-        """One REST call towards the wanted state: send the next message or edit one."""
+        """One REST call towards the wanted state: send the next message, edit one (its text
+        and its buttons together), or remove one an earlier, longer answer left."""
         desired = self.desired()
-        controls = self._wanted_controls()
-        file = self._wanted_file()
-        attach = file is not None and not self.file_shown
-        for index, text in enumerate(desired):
-            # The file goes with the last message (only given when there is one to attach).
-            with_file = {"file": file} if attach and index == len(desired) - 1 else {}
-            if index >= len(self.shown):
-                first = controls if index == 0 else None
-                ok = await self.target.send(index, text, controls=first, **with_file)
-                break
-            if (
-                self.shown[index] != text
-                or (index == 0 and self.shown_controls is not controls)
-                or with_file
-            ):
-                changed = controls if index == 0 and self.shown_controls is not controls else None
-                ok = await self.target.edit(index, text, controls=changed, **with_file)
-                break
-        else:
+        buttons = self._wanted_buttons(len(desired))
+        showing_status = bool(desired) and not self.content.messages() and desired == [self.status]
+        step = self._next_step(desired, buttons)
+        if step is None:
             if self.pending():  # nothing left to send yet still not as wanted: never spin
                 self.give_up()
             self._settle()
             return
+        index, text, with_file, call = step
+        if not self._landed(await call()):
+            return
+        self.updates += 1
+        self.status_shown = showing_status
+        if index >= len(desired):  # removed
+            del self.shown[index], self.shown_buttons[index]
+        elif index >= len(self.shown):
+            self.shown.append(text)
+            self.shown_buttons.append(buttons[index])
+        else:
+            self.shown[index] = text
+            self.shown_buttons[index] = buttons[index]
+        if with_file:
+            self.file_shown = True
+        self._settle()
+
+    def _next_step(
+        self, desired: list[str], buttons: list[Controls]
+    ) -> tuple[int, str, bool, Callable[[], Awaitable[bool | str | None]]] | None:
+        """The one call that brings Discord closest to ``desired``: (message index, its text,
+        whether the file goes with it, the call), or None when nothing is left to do."""
+        file = self._wanted_file()
+        attach = file is not None and not self.file_shown
+        # A queue place that other messages have since pushed up the channel: the answer is
+        # posted fresh at the bottom instead, so that the channel reads in the order answers
+        # were written.
+        if self.status_shown and self.content.messages() and self.target.overtaken(0):
+            return (
+                0,
+                desired[0],
+                False,
+                lambda: self.target.replace(0, desired[0], controls=buttons[0]),
+            )
+        for index, text in enumerate(desired):
+            # The file goes with the last message (only given when there is one to attach).
+            extra = {"file": file} if attach and index == len(desired) - 1 else {}
+            if index >= len(self.shown):
+                wanted = buttons[index]
+                return (
+                    index,
+                    text,
+                    bool(extra),
+                    partial(self.target.send, index, text, controls=wanted, **extra),
+                )
+            changed = buttons[index] if self.shown_buttons[index] is not buttons[index] else None
+            if self.shown[index] != text or changed is not None or extra:
+                return (
+                    index,
+                    text,
+                    bool(extra),
+                    partial(self.target.edit, index, text, controls=changed, **extra),
+                )
+        if self.final and len(self.shown) > len(desired):
+            last = len(self.shown) - 1
+            return last, "", False, lambda: self.target.delete(last)
+        return None
+
+    def _landed(self, ok: bool | str | None) -> bool:
+        """Whether the call did what it was asked; else note the failure (try again later, or
+        give up)."""
         now = self.scheduler.clock()
         self.last_update = now
         if ok is None:
@@ -210,19 +277,10 @@ class ReplyWriter(QuietEvents):
                 self.give_up()
             else:
                 self.retry_at = now + RETRY_DELAY * 2 ** (self.failures - 1)
-            return
+            return False
         self.failures = 0
         self.retry_at = None
         if ok is False or isinstance(ok, str):
             self.give_up(ok or "Discord refused the update")
-            return
-        self.updates += 1
-        if with_file:
-            self.file_shown = True
-        if index >= len(self.shown):
-            self.shown.append(text)
-        else:
-            self.shown[index] = text
-        if index == 0:
-            self.shown_controls = controls
-        self._settle()
+            return False
+        return True

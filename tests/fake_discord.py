@@ -274,6 +274,7 @@ class RecordedRequest:
     status: int = 0
     query: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    remaining: int | None = None  # the X-RateLimit-Remaining sent with the answer, if any
 
 
 @dataclass(frozen=True)
@@ -2053,6 +2054,8 @@ class FakeDiscord(ThreadedServer):
             if transport is not None:
                 self._transports.discard(transport)
         rec.status = status
+        if "X-RateLimit-Remaining" in headers:
+            rec.remaining = int(headers["X-RateLimit-Remaining"])
         with self._lock:
             if status in (401, 403, 429):
                 self.invalid_requests += 1

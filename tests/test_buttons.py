@@ -158,6 +158,35 @@ async def test_regenerate_replaces_the_last_answer_for_the_asker_only(
     assert [t.content for t in history] == ["Alice: question", "Second answer"]
 
 
+async def test_a_split_answer_has_its_buttons_under_its_last_message_and_regenerates_in_place(
+    simcord_env: Env, fake_ollama: FakeOllama
+) -> None:
+    channel, alice, _, _ = setup(simcord_env)
+    long_words = [f" word{i}" for i in range(700)]  # about 5,400 characters: three messages
+    fake_ollama.queue(Reply(tokens=long_words), Reply(tokens=["Short", " now."]))
+    asked = (await alice.send(channel, f"{simcord_env.bot.user.mention} long")).id
+    first = bot_messages_in(simcord_env, channel)
+    assert len(first) == 3
+    # Only the last message carries buttons: the end of the answer was one edit.
+    assert [labels(m) for m in first] == [[], [], ["Regenerate"]]
+
+    await alice.click(first[-1], label="Regenerate")
+    await simcord_env.settle()
+    # The new answer is written over the earlier one's messages; those it no longer needs
+    # are removed, so the channel shows one answer, not the new and the rest of the old.
+    now = bot_messages_in(simcord_env, channel)
+    assert [m.content for m in now] == ["Short now."]
+    assert now[0].id == first[0].id and now[0].reference is not None
+    assert now[0].reference.message_id == asked
+    assert labels(now[0]) == ["Regenerate"]
+
+
+def bot_messages_in(env: Env, channel: Any) -> list[discord.Message]:
+    return sorted(
+        (m for m in channel.history() if m.author.id == env.bot.user.id), key=lambda m: m.id
+    )
+
+
 async def test_only_the_latest_answer_keeps_its_regenerate_button(
     simcord_env: Env, fake_ollama: FakeOllama
 ) -> None:

@@ -323,3 +323,52 @@ def test_even_a_very_fast_edit_interval_never_meets_a_429(world: World) -> None:
     assert sum(world.discord.rate_limited.values()) == 0
     [reply] = world.bot_messages()
     assert len(world.discord.message_history(int(reply["id"]))) >= 3  # it still streamed
+
+
+# --- Discord's headers correct the plan --------------------------------------------------------
+
+
+STEADY = [f" word{i}" for i in range(120)]  # 12 s of text: an edit per second, 429s if misplanned
+
+
+@pytest.mark.fake_discord(message_limit=3, message_window=5.0)
+def test_the_rate_limit_headers_keep_a_tighter_channel_than_planned_free_of_429s(
+    world: World,
+) -> None:
+    """The bot plans for 5 writes per 5 s per channel; this channel allows 3. Discord's
+    X-RateLimit-Remaining / Reset-After after each write tell the scheduler, which waits."""
+    world.start_bot()
+    world.ollama.queue(Reply(tokens=STEADY, token_delay=0.1))
+    world.mention("talk for a while")
+    assert eventually(
+        lambda: any(m["content"].endswith("word119") for m in world.bot_messages()), 40
+    )
+    assert sum(world.discord.rate_limited.values()) == 0
+    [reply] = world.bot_messages()
+    assert len(world.discord.message_history(int(reply["id"]))) >= 4  # it kept streaming
+    # An intermediate edit never took the bucket's last write (Remaining 0 after it): that one
+    # is kept for the final text, which then never waits for the bucket to reset.
+    edits = [
+        r
+        for r in world.discord.requests
+        if r.method == "PATCH" and r.path.endswith(f"/messages/{reply['id']}") and r.json
+    ]
+    intermediate = [r for r in edits if not str(r.json.get("content", "")).endswith("word119")]
+    assert intermediate and all(r.remaining for r in intermediate), [r.remaining for r in edits]
+
+
+@pytest.mark.fake_discord(message_limit=3, message_window=5.0, send_ratelimit_headers=False)
+def test_a_429_that_happens_anyway_shrinks_the_channels_plan(world: World) -> None:
+    """Without headers the plan can only learn from a 429: each one costs the channel one
+    write per window in the plan, so they stop after a couple."""
+    proc = world.start_bot()
+    world.ollama.queue(Reply(tokens=STEADY, token_delay=0.1))
+    world.mention("talk for a while")
+    assert eventually(
+        lambda: any(m["content"].endswith("word119") for m in world.bot_messages()), 40
+    )
+    limited = sum(world.discord.rate_limited.values())
+    assert 1 <= limited <= 2
+    proc.send_signal(signal.SIGTERM)
+    out = world.output(proc)
+    assert "event=discord_rate_limited" in out and "plan_now=" in out

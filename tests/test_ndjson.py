@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from bot.ndjson import NdjsonDecoder, NdjsonError
 
+# Integers as Go's encoding/json writes Ollama's fields (int64 or uint64 at most): orjson reads
+# only those as integers (it would read a larger one as a float).
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
     ),

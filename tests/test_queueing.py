@@ -11,6 +11,7 @@ from simcord import Env
 
 from bot.request_queue import BACKGROUND_PATIENCE, FairQueue
 from bot.user_messages import BUSY, TOO_MANY_WAITING
+from tests.conftest import until
 from tests.fake_ollama import FakeOllama, Reply
 
 SLOW = [f" w{i}" for i in range(20)]
@@ -25,8 +26,9 @@ def bot_replies(env: Env, channel: Any) -> dict[int, discord.Message]:
     }
 
 
-def contents_of(env: Env, asked: int, message_id: int) -> list[str]:
-    """Everything a bot reply showed: created with (as a reply to ``asked``), then each edit."""
+def contents_of(env: Env, asked: int, *message_ids: int) -> list[str]:
+    """Everything a bot reply showed: created with (as a reply to ``asked``), then each edit
+    (of any of its messages: a queue place reposted at the bottom is another message)."""
     shown = []
     for r in env.http_requests:
         if not r.json or "content" not in r.json:
@@ -34,7 +36,9 @@ def contents_of(env: Env, asked: int, message_id: int) -> list[str]:
         created = r.method == "POST" and str(
             (r.json.get("message_reference") or {}).get("message_id")
         ) == str(asked)
-        edited = r.method == "PATCH" and r.path.endswith(f"/messages/{message_id}")
+        edited = r.method == "PATCH" and any(
+            r.path.endswith(f"/messages/{message_id}") for message_id in message_ids
+        )
         if created or edited:
             shown.append(r.json["content"])
     return shown
@@ -220,9 +224,11 @@ async def test_a_waiting_reply_shows_its_place_updated_as_it_moves(
         simcord_env.backend.create_message(channel.id, user.id, f"{mention} q{i}").id
         for i, user in enumerate(users)
     ]
+    assert await until(lambda: asked[2] in bot_replies(simcord_env, channel))
+    place = bot_replies(simcord_env, channel)[asked[2]]
     await simcord_env.settle()
     third = bot_replies(simcord_env, channel)[asked[2]]
-    shown = contents_of(simcord_env, asked[2], third.id)
+    shown = contents_of(simcord_env, asked[2], place.id, third.id)
     assert shown[0] == "⏳ Queued: 1 ahead of you."
     assert "⏳ Queued: you're next." in shown
     assert third.content == "You said: u2: q2"

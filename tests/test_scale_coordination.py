@@ -41,7 +41,7 @@ async def two(
         fake_ollama, {"HISTORY_STORE": redis_server.url, "OLLAMA_URL": f"{fake_ollama.url}#1"}
     )
     a, b = Services.build(settings), Services.build(settings)
-    a.engine.process, b.engine.process = "process-a", "process-b"
+    a.engine.leases.process, b.engine.leases.process = "process-a", "process-b"
     for services in (a, b):
         await services.store.open()
     yield a, b

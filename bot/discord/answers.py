@@ -19,8 +19,7 @@ import discord
 
 from ..app import Services
 from ..discord_scheduler import DiscordScheduler
-from ..rate_limits import CURRENT_PRIORITY, Priority
-from ..reply_text import Controls
+from ..history_store import latest_question, reasoning_of
 from ..turn import UserMessage
 from ..user_messages import (
     BUSY,
@@ -38,9 +37,10 @@ from ..user_messages import (
     reasoning_shown,
 )
 from .attachments import Gathered, gather
-from .buttons import ButtonPress, demoted_view, shown_controls
+from .buttons import ButtonPress, shown_controls
 from .ephemeral import tell
 from .intake import Question, conversation_id, is_for_me, question_from, quoted_message
+from .latest_answers import LatestAnswers
 from .permissions import Permissions
 from .reply_target import PERMISSION_CODES, DiscordReplySink, DiscordReplyTarget
 
@@ -71,12 +71,11 @@ class Answers:
         self.services = services
         self.engine = services.engine
         self.metrics = services.metrics
-        self.settings = services.settings
         self.scheduler = scheduler
         self.permissions = permissions
         self.me = me
         # Only a channel's latest answer keeps its Regenerate button.
-        self._latest_answer: dict[int, discord.Message] = {}
+        self.latest = LatestAnswers()
         self._told_missing_permission: set[int] = set()
 
     # --- mentions ----------------------------------------------------------------------------
@@ -110,7 +109,7 @@ class Answers:
             await self.say(message, BUSY)
             return
         gathered = await gather(
-            question, message.attachments, quoted_message(message, me), self.settings
+            question, message.attachments, quoted_message(message, me), self.services.settings
         )
         if gathered.empty:  # only files it could not use: say why, and nothing more
             hint = HINT.format(name=me.display_name if me else "bot")
@@ -161,9 +160,8 @@ class Answers:
         channel_id = target.source.channel.id
         writer = self.scheduler.reply(channel_id, target)
         if target.messages:  # Regenerate: the earlier answer is what shows until replaced
-            shown = target.messages[0]
-            writer.shown = [shown.content] if shown is not None else []
-            writer.shown_controls = shown_controls(shown) if shown is not None else Controls.NONE
+            writer.shown = [m.content for m in target.messages if m is not None]
+            writer.shown_buttons = [shown_controls(m) for m in target.messages if m is not None]
         # The earlier answer of a Regenerate stays readable while the new one waits its turn.
         sink = DiscordReplySink(writer, channel, footer=footer, show_queue=not writer.shown)
         try:
@@ -179,7 +177,7 @@ class Answers:
         if target.refused_code in PERMISSION_CODES:
             await self._missing_permission(target.source, target.refused_code)
         elif writer.controls.regenerate and writer.delivered and target.messages:
-            await self._latest_answer_is(channel_id, target.messages[0])
+            await self.latest.became(channel_id, [m for m in target.messages if m])
 
     async def _missing_permission(self, message: discord.Message, code: int | None) -> None:
         """The reply could not be posted: the asker sees a reaction on their question (if the
@@ -203,22 +201,6 @@ class Answers:
         target = DiscordReplyTarget(message, self.metrics)
         await self.scheduler.reply(message.channel.id, target).finish(text)
 
-    async def _latest_answer_is(self, channel_id: int, answer: discord.Message | None) -> None:
-        """Only the latest answer of a channel can be regenerated: the previous one loses its
-        button (after a restart, an old button says so when pressed)."""
-        previous = self._latest_answer.get(channel_id)
-        if answer is not None:
-            self._latest_answer[channel_id] = answer
-        if previous is None or (answer is not None and previous.id == answer.id):
-            return
-        token = CURRENT_PRIORITY.set(Priority.STATUS)
-        try:
-            await previous.edit(view=demoted_view(previous))
-        except discord.HTTPException as exc:
-            log.info("event=remove_button_failed message=%s cause=%r", previous.id, exc.text)
-        finally:
-            CURRENT_PRIORITY.reset(token)
-
     # --- buttons -----------------------------------------------------------------------------
 
     async def stop(self, interaction: discord.Interaction, press: ButtonPress) -> None:
@@ -239,7 +221,7 @@ class Answers:
     async def reasoning(self, interaction: discord.Interaction, press: ButtonPress) -> None:
         """Whoever presses it sees the model's reasoning behind that answer, privately (as a
         file when it is too long for a message)."""
-        text = await self.engine.reasoning_of(conversation_id(press.channel), press.asked)
+        text = await reasoning_of(self.engine.store, conversation_id(press.channel), press.asked)
         log.info(
             "event=reasoning_button channel=%s asked=%s user=%s found=%s",
             press.channel,
@@ -268,7 +250,7 @@ class Answers:
             await tell(interaction, BUTTON_EXPIRED)
         elif self.engine.queue.has_pending(conversation, interaction.user.id):
             await tell(interaction, ONE_AT_A_TIME)
-        elif await self.engine.latest_question(conversation) != press.asked:
+        elif await latest_question(self.engine.store, conversation) != press.asked:
             await tell(interaction, NOT_LATEST)
             with contextlib.suppress(discord.HTTPException):
                 await message.edit(view=None)  # the button no longer applies
@@ -292,14 +274,17 @@ class Answers:
             question = await channel.fetch_message(press.asked)
         except discord.HTTPException:
             question = None
-        # A refused Regenerate (no longer the latest) leaves the answer, without the button.
+        # The new answer is written over the earlier one's messages (known since this process
+        # wrote them; after a restart, the one with the button). A refused Regenerate (no
+        # longer the latest) leaves the answer, without the button.
+        existing = self.latest.messages_of(press.channel, message)
         await self._reply(
             DiscordReplyTarget(
                 question or message,
                 self.metrics,
                 asker=press.asker,
                 asked=press.asked,
-                existing=message,
+                existing=existing,
             ),
             channel,
             conversation_id(press.channel),

@@ -30,6 +30,7 @@ from .answers import Answers
 from .buttons import ReasoningButton, RegenerateButton, ReplyControls, StopButton
 from .commands import OllacordTree, SlashCommands
 from .permissions import Permissions
+from .rate_headers import RateLimitListener, message_bucket
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class OllacordBot(discord.Client):
         self.tree = OllacordTree(self)
         SlashCommands(self.services, self.permissions).install(self.tree)
         self._rate_limit_counter = RateLimitLogCounter(self.services.metrics)
+        self._rate_limit_listener = RateLimitListener(self.scheduler.rate_limited)
 
     @staticmethod
     def shard_options(settings: Settings) -> dict[str, Any]:
@@ -123,7 +125,8 @@ class OllacordBot(discord.Client):
         # Stop/Regenerate presses reach the bot even on messages sent before a restart.
         self.add_dynamic_items(StopButton, RegenerateButton, ReasoningButton)
         # Every REST call counts against Discord's global budget: plan it in one place.
-        self.scheduler.wrap_http(self.http)
+        self.scheduler.wrap_http(self.http, message_bucket)
+        logging.getLogger("discord.http").addHandler(self._rate_limit_listener)
         await self.services.start_health()
         # Slash commands only exist once synced; an unsynced /reset fails for users.
         await self.tree.sync()
@@ -156,6 +159,7 @@ class OllacordBot(discord.Client):
     async def close_resources(self) -> None:
         """Release what the bot opened (HTTP session to Ollama, the store). Idempotent."""
         logging.getLogger("discord.http").removeHandler(self._rate_limit_counter)
+        logging.getLogger("discord.http").removeHandler(self._rate_limit_listener)
         await self.services.close()
 
     async def shutdown(self) -> None:

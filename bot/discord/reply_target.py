@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import discord
@@ -55,14 +56,14 @@ class DiscordReplyTarget:
         *,
         asker: int | None = None,
         asked: int | None = None,
-        existing: discord.Message | None = None,
+        existing: Sequence[discord.Message] = (),
     ) -> None:
         self.source = source
         self.metrics = metrics
         self.asker = asker if asker is not None else source.author.id
         self.asked = asked if asked is not None else source.id
-        # Regenerate writes over the earlier answer's first message.
-        self.messages: list[discord.Message | None] = [existing] if existing else []
+        # Regenerate writes over the earlier answer's messages.
+        self.messages: list[discord.Message | None] = list(existing)
         self.refused_code: int | None = None  # Discord's code when it refused for good
 
     def _view(self, controls: Controls) -> discord.ui.View:
@@ -146,6 +147,36 @@ class DiscordReplyTarget:
             return self._failed("edit", exc, index)
         if self.metrics:
             self.metrics.discord_updates.labels(kind="edit").inc()
+        return True
+
+    def overtaken(self, index: int) -> bool:
+        message = self.messages[index] if index < len(self.messages) else None
+        latest = getattr(self.source.channel, "last_message_id", None)  # kept by the gateway
+        return message is not None and latest is not None and latest != message.id
+
+    async def replace(self, index: int, text: str, *, controls: Controls) -> bool | str | None:
+        old = self.messages[index] if index < len(self.messages) else None
+        self.messages[index : index + 1] = []
+        ok = await self.send(index, text, controls=controls)
+        if ok is not True:
+            self.messages.insert(index, old)  # still the one shown: try again later
+            return ok
+        if old is not None:
+            try:
+                await old.delete()
+            except discord.HTTPException as exc:  # a stale queue place is only untidy
+                log.info("event=placeholder_delete_failed message=%s cause=%r", old.id, exc.text)
+        return True
+
+    async def delete(self, index: int) -> bool | str | None:
+        message = self.messages[index] if index < len(self.messages) else None
+        if message is not None:
+            try:
+                await message.delete()
+            except discord.HTTPException as exc:
+                if exc.code != UNKNOWN_MESSAGE:  # already gone is what was wanted
+                    return self._failed("delete", exc, index)
+        del self.messages[index]
         return True
 
 
