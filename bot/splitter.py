@@ -181,7 +181,8 @@ class _Window:
         for i, char in enumerate(text):
             run = runs[-1] + 1 if char == "`" else 0
             fence_done = run > 0 and run % len(_FENCE) == 0
-            units.append(units[-1] + discord_len(char))
+            # discord_len(char), without encoding: two UTF-16 units beyond the BMP.
+            units.append(units[-1] + (1 if char < "\U00010000" else 2))
             fences.append(fences[-1] + fence_done)
             last_fence.append(i + 1 - len(_FENCE) if fence_done else last_fence[-1])
             runs.append(run)
@@ -197,6 +198,7 @@ class _Window:
         self.fences = fences
         self.last_fence = last_fence
         self.runs = runs
+        self._code_starts: dict[int, int] = {}
         self._clusters()
         # The tag must leave room for some code and a closing fence in the next chunk.
         self.max_tag = min(MAX_TAG_LEN, limit - _REOPEN_OVERHEAD)
@@ -234,16 +236,22 @@ class _Window:
 
     def code_start(self, pos: int) -> int:
         """Where the code of the block open at ``pos`` begins (after its fence line)."""
-        return _header(self.text, self.last_fence[pos])[0]
+        fence = self.last_fence[pos]
+        if fence not in self._code_starts:  # one look per block, not per position in it
+            self._code_starts[fence] = _header(self.text, fence)[0]
+        return self._code_starts[fence]
 
     def size(self, cut: _Cut) -> int:
         closing = len(_CLOSING) if self.in_code(cut.end) else 0
         return self.units[cut.end] - self.units[self.lead] + closing
 
     def candidates(self) -> list[_Cut]:
-        """Every cut that fits the limit: at each whitespace run, and between two
-        non-whitespace characters where no fence or surrogate pair would be split; such a
-        hard cut is ``whole`` if it falls between two grapheme clusters."""
+        """Every cut that fits the limit at each whitespace run, and the hard cuts (between two
+        non-whitespace characters where no fence or surrogate pair would be split; ``whole`` if
+        between two grapheme clusters) that can be chosen: the last that fits of each kind
+        (whole or not, tidy or not), since :meth:`pick` takes the last cut of a tier and hard
+        cuts are only ever the last tier. (Keeping all of them, one per character, was most
+        of the cost of a cut.)"""
         text, space, cuts = self.text, self.space, []
         i = self.lead + 1
         while i < len(text):
@@ -263,14 +271,34 @@ class _Window:
                 cuts.append(_Cut(i, min(resume, self.settled), j, min(newlines, 2)))
                 i = j + 1  # text[j] is not whitespace: no cut between it and text[j - 1]
             else:
-                if not space[i - 1] and self._divisible_at(i):
-                    cuts.append(_Cut(i, i, i, -1, self.breaks[i]))
                 i += 1
-        return [
-            cut
-            for cut in cuts
-            if cut.end > self.solid and self.size(cut) <= self.limit and self.shrinks(cut)
-        ]
+        return [cut for cut in cuts if self._fits(cut)] + self._last_hard_cuts()
+
+    def _last_hard_cuts(self) -> list[_Cut]:
+        """The last hard cut that fits of each kind, looking back from the window's end and
+        stopping once every kind that can occur here was found (in prose, with one code point
+        per cluster and no code, that is one kind, found within a few characters)."""
+        text, space = self.text, self.space
+        wholes = (True, False) if not all(self.breaks[:-1]) else (True,)
+        tidies = (True, False) if self.fences[-1] else (True,)  # untidy is only in code
+        wanted = {(whole, tidy) for whole in wholes for tidy in tidies}
+        found: dict[tuple[bool, bool], _Cut] = {}
+        for i in range(len(text) - 1, self.lead, -1):
+            if i <= self.solid:
+                break  # a chunk of whitespace only, and so for every cut before it
+            if space[i] or space[i - 1] or not self._divisible_at(i):
+                continue
+            cut = _Cut(i, i, i, -1, self.breaks[i])
+            kind = (cut.whole, self.tidy(cut))
+            if kind in found or not self._fits(cut):
+                continue
+            found[kind] = cut
+            if len(found) == len(wanted):
+                break
+        return list(found.values())
+
+    def _fits(self, cut: _Cut) -> bool:
+        return cut.end > self.solid and self.size(cut) <= self.limit and self.shrinks(cut)
 
     def _divisible_at(self, pos: int) -> bool:
         before, after = self.text[pos - 1], self.text[pos]
