@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+from .background import cancel_and_wait
 from .clock import Clock, Sleep
 from .coordination_budget import LeasedBudget, MemoryTokenBucket, Taken, check_ttl
 
@@ -262,5 +263,4 @@ async def renewing(
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.wait({task})  # neither raises its CancelledError nor hides ours
+        await cancel_and_wait(task)

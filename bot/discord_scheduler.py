@@ -75,6 +75,7 @@ class DiscordScheduler:
         self._channel_windows: dict[int, RateWindow] = {}
         self._channel_intermediate: dict[int, float] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
+        self._naps: dict[int, asyncio.Future[None]] = {}  # a pump waiting for a slot
         self._global = RestGate(
             RateWindow(self.limits.global_limit, self.limits.global_window),
             self._keep_free,
@@ -136,6 +137,9 @@ class DiscordScheduler:
         """Something changed: make sure the channel's pump runs if an update may be due."""
         channel = reply.channel_id
         if channel in self._pumps:
+            nap = self._naps.get(channel)
+            if nap is not None and _urgent(reply):
+                nap.cancel()  # it waits for a lesser update: this one may go sooner
             return
         now = self.clock()
         if (
@@ -187,8 +191,12 @@ class DiscordScheduler:
                 # Keep one slot of the channel's window for finals, first texts and splits.
                 keep = 0 if priority <= Priority.FIRST else 1
                 wait = window.wait(now, keep_free=keep)
+                if priority >= Priority.INTERMEDIATE:
+                    # Not into the global line while holding the channel: its final text may
+                    # become due meanwhile, and would wait behind a stale edit.
+                    wait = max(wait, self._global.ready(priority))
                 if wait > 0:
-                    await self.sleep(wait)
+                    await self._nap(channel, wait)
                     continue
                 window.record(now)
                 if priority >= Priority.INTERMEDIATE:
@@ -203,6 +211,17 @@ class DiscordScheduler:
                     CURRENT_PRIORITY.reset(token)
         finally:
             self._pumps.pop(channel, None)
+
+    async def _nap(self, channel: int, seconds: float) -> None:
+        """Sleep until a slot frees for the update chosen, or until a more urgent update of
+        the channel (a final text, a first text, a new message) wakes the channel."""
+        nap = asyncio.ensure_future(self.sleep(seconds))
+        self._naps[channel] = nap
+        try:
+            await asyncio.wait({nap})  # returns when woken (cancelled) as when it ends
+        finally:
+            del self._naps[channel]
+            nap.cancel()
 
     # --- the global REST budget --------------------------------------------------------------
 
@@ -281,3 +300,14 @@ class DiscordScheduler:
             window.limit,
             window.window,
         )
+
+
+def _urgent(reply: ReplyWriter) -> bool:
+    """Whether ``reply`` may want a final text, a first text or a new message (cheap: asked
+    for every token while its channel's pump waits)."""
+    return (
+        reply.final
+        or not reply.shown
+        or reply.status_shown
+        or reply.content.frozen_count >= len(reply.shown)
+    )

@@ -123,6 +123,16 @@ class HistoryStore(Protocol):
         """Read, change and write the state as one step; returns the state now stored."""
         ...
 
+    async def set_open_reply(self, conversation: str, message_id: int | None) -> None:
+        """The Discord message the conversation's reply is being written into now (None: no
+        reply is open). A process killed mid-reply leaves it set: its next start finds it
+        with :meth:`open_replies` and marks that message interrupted."""
+        ...
+
+    async def open_replies(self) -> dict[str, int]:
+        """Every conversation whose reply is open, with the message it was last written into."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the store cannot answer (for /healthz)."""
         ...
@@ -176,7 +186,17 @@ class MemoryHistoryStore:
     def __init__(self) -> None:
         self._turns: dict[str, list[Turn]] = {}
         self._states: dict[str, ConversationState] = {}
+        self._open: dict[str, int] = {}
         self._next_id = 1
+
+    async def set_open_reply(self, conversation: str, message_id: int | None) -> None:
+        if message_id is None:
+            self._open.pop(conversation, None)
+        else:
+            self._open[conversation] = message_id
+
+    async def open_replies(self) -> dict[str, int]:
+        return dict(self._open)
 
     async def open(self) -> None:
         return None

@@ -40,6 +40,7 @@ from .ollama import (
     OllamaTimeout,
     OllamaUnavailable,
     PullProgress,
+    StreamInterrupted,
     model_matches,
 )
 from .ollama_backend import Backend
@@ -63,13 +64,18 @@ def is_down(error: OllamaError) -> bool:
         return True
     if isinstance(error, OllamaTimeout):
         return not error.started
-    return isinstance(error, OllamaRequestError) and error.status in (502, 504)
+    if isinstance(error, StreamInterrupted):
+        return error.kind == "dropped"  # (the pool only asks while no text was passed on)
+    return isinstance(error, OllamaRequestError) and error.status >= 502 and error.status != 503
 
 
 def fails_over(error: OllamaError) -> bool:
-    """Whether a failure before the first byte should send the request to another backend:
-    the backend is down, full, or failed this request on its side (5xx: a crashed runner),
-    rather than the request being wrong (4xx)."""
+    """Whether a failure before any text was passed on should send the request to another
+    backend: the backend is down, full, or failed this request on its side (5xx: a crashed
+    runner; an error line or an end before any text), rather than the request being wrong
+    (4xx) or the answer unreadable."""
+    if isinstance(error, StreamInterrupted):
+        return error.kind in ("dropped", "model_error", "incomplete")
     return is_down(error) or (isinstance(error, OllamaRequestError) and error.status >= 500)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
+from .background import cancel_and_wait
 from .ollama import PullProgress
 from .ollama_backend import Backend
 
@@ -32,9 +33,7 @@ async def pull_everywhere(
         async for progress in _drain(queue, len(tasks)):
             yield progress
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
 
 async def _drain(

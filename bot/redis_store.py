@@ -14,6 +14,8 @@ Key layout (every key under ``ollacord:``; give each bot its own database number
                                             system_prompt: None, epoch: 0)
     ollacord:done:<random id>      string   what a write returned, kept 10 minutes: a write
                                             sent again (its reply was lost) is not made twice
+    ollacord:open-replies          hash     conversation -> the Discord message its reply is
+                                            being written into (see set_open_reply)
 
 Atomicity, across processes: ``append``, ``replace`` and ``clear`` are each one Lua script, which
 Redis runs with nothing in between. The append/replace script reads the epoch first and writes
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "ollacord:"
 COUNTER = f"{PREFIX}turn-id"
+OPEN_REPLIES = f"{PREFIX}open-replies"
 CONNECT_TIMEOUT = 5.0
 
 # KEYS: state, turns, counter, done. ARGV: epoch ('' = no check), how many ids to remove, those
@@ -299,6 +302,18 @@ class RedisHistoryStore:
                     return state
                 except WatchError:
                     continue
+
+    async def set_open_reply(self, conversation: str, message_id: int | None) -> None:
+        with self._failing():
+            if message_id is None:
+                await self._redis.hdel(OPEN_REPLIES, conversation)
+            else:
+                await self._redis.hset(OPEN_REPLIES, conversation, message_id)
+
+    async def open_replies(self) -> dict[str, int]:
+        with self._failing():
+            found = await self._redis.hgetall(OPEN_REPLIES)
+        return {str(conversation): int(message_id) for conversation, message_id in found.items()}
 
     async def ping(self) -> None:
         with self._failing():

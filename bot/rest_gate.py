@@ -18,6 +18,9 @@ from collections.abc import Callable
 from .clock import Clock, Sleep
 from .rate_limits import Priority, RateWindow
 
+# How long a waiting call naps before it looks again (a more important one may have come).
+GLANCE = 0.05
+
 
 class RestGate:
     """Admits REST calls within ``window``; ``keep_free(priority)`` is how many of the
@@ -58,7 +61,17 @@ class RestGate:
             future.cancel()  # out of the line (if it was admitted meanwhile, the slot is spent)
             raise
 
-    def _ahead_of(self, priority: Priority) -> bool:
+    def ready(self, priority: Priority) -> float:
+        """Seconds before a call of ``priority`` could go without waiting in line (0: now).
+        A channel asks before it commits to an intermediate edit, so that it never sits in
+        line holding the channel while that channel's final text becomes due."""
+        now = self.clock()
+        wait = self._room(priority, now)
+        ahead = sum(1 for p, _, _, f in self._line if p <= priority and not f.done())
+        # Others wait before it: about their share of the window each.
+        return max(wait, ahead * self.window.window / max(1, self.window.limit))
+
+    def _ahead_of(self, priority: Priority) -> bool:  # (any, not how many: the fast path)
         """Whether someone at least as important is already waiting."""
         return any(p <= priority and not f.done() for p, _, _, f in self._line)
 
@@ -76,7 +89,7 @@ class RestGate:
             wait = self._room(priority, now)
             if wait > 0:
                 # A short nap: a more important call may join the line meanwhile.
-                await self.sleep(min(wait, 0.05))
+                await self.sleep(min(wait, GLANCE))
                 continue
             heapq.heappop(self._line)
             self.window.record(now)

@@ -41,11 +41,20 @@ Only a cluster longer than a whole message is cut between code points, to make p
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
 import regex
+
+from .fences import (
+    FENCE,
+    MAX_TAG_LEN,
+    close_open_fence,
+    discord_len,
+    fence_line,
+    header,
+    open_fence,
+)
 
 __all__ = [
     "DISCORD_LIMIT",
@@ -64,96 +73,21 @@ DISCORD_LIMIT: Final = 2000
 MIN_LIMIT: Final = 16
 """Smallest supported limit: room for a reopened fence, a little code and a closing fence."""
 
-MAX_TAG_LEN: Final = 32
-"""Longer language tags are not reproduced when a block is reopened (they are not languages)."""
-
-_FENCE: Final = "```"
-_FENCE_RE: Final = re.compile(re.escape(_FENCE))
-# What may follow an opening fence to name a language. Discord only takes it as a language
-# when a newline follows at once: "```py\n" is Python, "```py x" is code starting with "py x".
-_HEADER_RE: Final = re.compile(r"([A-Za-z0-9_+\-.#]*)\r?\n")
 _CLUSTER: Final = regex.compile(r"\X")
 # Characters always followed by a cluster boundary (UAX #29 GB4); not CR, which LF may follow.
 _BREAK_AFTER: Final = regex.compile(r"[\p{Grapheme_Cluster_Break=Control}\n]")
 # Appended to a chunk cut inside a code block. The newline keeps the fence from merging with
 # backticks the chunk ends with ("x``" + "```" would count as "`````" = one fence + "``").
-_CLOSING: Final = "\n" + _FENCE
+_CLOSING: Final = "\n" + FENCE
 # Room a chunk starting with a reopened fence line needs besides the tag: the fence and its
 # newline, one indivisible piece of code (at most 3 units, e.g. a fence) and the closing
 # fence. Reproduced tags are capped to leave this much, so every chunk can make progress.
-_REOPEN_OVERHEAD: Final = len(_FENCE) + 1 + 3 + len(_CLOSING)
-
-
-def discord_len(text: str) -> int:
-    """Length as Discord counts it, conservatively: in UTF-16 code units.
-
-    Discord's limit is 2000 "characters", but its clients measure in UTF-16, where an emoji
-    outside the Basic Multilingual Plane counts twice. Counting code units is never shorter.
-    ``surrogatepass`` makes stray surrogates (which JSON can carry) count 1 instead of raising.
-    """
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+_REOPEN_OVERHEAD: Final = len(FENCE) + 1 + 3 + len(_CLOSING)
 
 
 def _check_limit(limit: int) -> None:
     if limit < MIN_LIMIT:
         raise ValueError(f"limit must be at least {MIN_LIMIT}, got {limit}")
-
-
-def _is_open(text: str) -> bool:
-    """Whether ``text`` ends inside a code block (an odd number of fences)."""
-    return len(_FENCE_RE.findall(text)) % 2 == 1
-
-
-def _header(text: str, fence_start: int) -> tuple[int, str | None]:
-    """Where the code of the block opened at ``fence_start`` begins, and its language tag.
-
-    The tag counts only with its newline in sight: "```py" at the very end of the text may
-    still become "```py x" (code) when more text arrives.
-    """
-    match = _HEADER_RE.match(text, fence_start + len(_FENCE))
-    if match is None:
-        return fence_start + len(_FENCE), None
-    return match.end(), match.group(1) or None
-
-
-def _fence_line(text: str, fence_start: int, max_tag: int) -> str:
-    _, tag = _header(text, fence_start)
-    if tag is not None and len(tag) <= max_tag:
-        return _FENCE + tag
-    return _FENCE
-
-
-def open_fence(text: str) -> str | None:
-    """If ``text`` ends inside a code block, the fence line that reopens it, else ``None``.
-
-    That is "```" plus the block's language tag (e.g. "```python"), so the continuation in the
-    next message keeps its highlighting. Tags longer than :data:`MAX_TAG_LEN` are not
-    reproduced; a bare "```" is returned instead.
-    """
-    starts = [match.start() for match in _FENCE_RE.finditer(text)]
-    if len(starts) % 2 == 0:
-        return None
-    return _fence_line(text, starts[-1], MAX_TAG_LEN)
-
-
-def close_open_fence(text: str) -> str:
-    """``text`` as it can be displayed now: with its open code block (if any) closed.
-
-    The block is closed with the *shortest* completion: "```", or just the one or two
-    backticks that complete a fence the text already ends with. Discord accepts a closing
-    fence at the end of a code line, so "```py\\nx = 1```" renders like "```py\\nx = 1\\n```".
-
-    Why not always "\\n```": the writer cuts a message as soon as this display is over the
-    limit, so its length must never shrink as text grows. With "\\n```", a tail 3 units under
-    the limit would display 1 over it, get cut, and then the model's own "```" would have
-    made the whole reply fit in one message: the result would depend on streaming timing.
-    The shortest completion is monotonic: any continuation that closes the block is at least
-    as long.
-    """
-    if not _is_open(text):
-        return text
-    trailing_backticks = len(text) - len(text.rstrip("`"))
-    return text + "`" * (len(_FENCE) - trailing_backticks % len(_FENCE))
 
 
 @dataclass(frozen=True)
@@ -180,13 +114,13 @@ class _Window:
         end = None
         for i, char in enumerate(text):
             run = runs[-1] + 1 if char == "`" else 0
-            fence_done = run > 0 and run % len(_FENCE) == 0
+            fence_done = run > 0 and run % len(FENCE) == 0
             # discord_len(char), without encoding: two UTF-16 units beyond the BMP.
             units.append(units[-1] + (1 if char < "\U00010000" else 2))
             fences.append(fences[-1] + fence_done)
-            last_fence.append(i + 1 - len(_FENCE) if fence_done else last_fence[-1])
+            last_fence.append(i + 1 - len(FENCE) if fence_done else last_fence[-1])
             runs.append(run)
-            completion = len(_FENCE) - run % len(_FENCE) if fences[-1] % 2 else 0
+            completion = len(FENCE) - run % len(FENCE) if fences[-1] % 2 else 0
             if units[-1] + completion > limit:
                 end = i + 1
                 break
@@ -238,7 +172,7 @@ class _Window:
         """Where the code of the block open at ``pos`` begins (after its fence line)."""
         fence = self.last_fence[pos]
         if fence not in self._code_starts:  # one look per block, not per position in it
-            self._code_starts[fence] = _header(self.text, fence)[0]
+            self._code_starts[fence] = header(self.text, fence)[0]
         return self._code_starts[fence]
 
     def size(self, cut: _Cut) -> int:
@@ -306,7 +240,7 @@ class _Window:
             return False  # a surrogate pair: half an emoji is invalid text
         # Inside a run of backticks, only between two whole fences: any other cut would change
         # which backticks pair up into fences, in this chunk and in the rest.
-        return not (before == after == "`" and self.runs[pos] % len(_FENCE))
+        return not (before == after == "`" and self.runs[pos] % len(FENCE))
 
     def tidy(self, cut: _Cut) -> bool:
         """A cut in code must leave code in the chunk (not just "```py" and a closing fence)
@@ -315,13 +249,13 @@ class _Window:
         syntax wants at least one character of code): the "py" shows up as text."""
         if not self.in_code(cut.end):
             return True
-        return cut.end > self.code_start(cut.end) and not self.text.startswith(_FENCE, cut.after)
+        return cut.end > self.code_start(cut.end) and not self.text.startswith(FENCE, cut.after)
 
     def reopen(self, cut: _Cut) -> str:
         """The fence line the rest starts with ("" if the cut is not inside a code block)."""
         if not self.in_code(cut.end):
             return ""
-        return _fence_line(self.text, self.last_fence[cut.end], self.max_tag) + "\n"
+        return fence_line(self.text, self.last_fence[cut.end], self.max_tag) + "\n"
 
     def shrinks(self, cut: _Cut) -> bool:
         """Whether the rest is shorter than the input: what makes the caller's loop end.

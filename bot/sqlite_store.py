@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS conversations (
     epoch INTEGER NOT NULL DEFAULT 0,
     summary_at REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS open_replies (
+    conversation TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL
+);
 """
 
 # Columns added after the first release, for databases created before them.
@@ -262,6 +266,30 @@ class SqliteHistoryStore:
             if db.in_transaction:  # also when COMMIT itself failed: never leave one open
                 db.execute("ROLLBACK")
             raise
+
+    async def set_open_reply(self, conversation: str, message_id: int | None) -> None:
+        await self._run(self._set_open_reply, conversation, message_id)
+
+    def _set_open_reply(self, conversation: str, message_id: int | None) -> None:
+        db = self._connect()
+        if message_id is None:
+            db.execute("DELETE FROM open_replies WHERE conversation = ?", (conversation,))
+        else:
+            db.execute(
+                "INSERT INTO open_replies (conversation, message_id) VALUES (?, ?) "
+                "ON CONFLICT (conversation) DO UPDATE SET message_id = excluded.message_id",
+                (conversation, message_id),
+            )
+
+    async def open_replies(self) -> dict[str, int]:
+        rows = await self._run(
+            lambda: (
+                self._connect()
+                .execute("SELECT conversation, message_id FROM open_replies")
+                .fetchall()
+            )
+        )
+        return {conversation: int(message_id) for conversation, message_id in rows}
 
     async def ping(self) -> None:
         await self._run(lambda: self._connect().execute("SELECT 1").fetchone())

@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .background import cancel_and_wait
 from .clock import Clock, as_ms
 from .context_window import Budget, plan_fold_ahead, summary_instruction, tokens_to_fit
 from .history_store import ConversationState, HistoryStore, Turn
@@ -116,8 +117,8 @@ class Summaries:
                 await self._drop_block(conversation, "the summary took too long")
             return
         if job is not None and job.task is not None:
-            job.task.cancel()  # not started: this turn writes the summary in its own slot
-            await asyncio.wait({job.task})
+            # Not started: this turn writes the summary in its own slot.
+            await cancel_and_wait(job.task)
         try:
             await asyncio.wait_for(self._fold(conversation), SUMMARY_WAIT)
         except TimeoutError:

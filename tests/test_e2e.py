@@ -247,8 +247,16 @@ def test_kill_9_mid_reply_then_restart_keeps_completed_turns_and_answers(world: 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert len(world.stored_turns()) == 2
+    killed = world.bot_messages()[1]
+    assert not killed["content"].endswith(RESTART_NOTE)
 
     world.start_bot()
+    # The reply the kill left half-written is ended by the next start: the restart note, and
+    # its Stop button gone, so the asker knows to ask again.
+    assert eventually(lambda: world.bot_messages()[1]["content"].endswith(f"\n\n{RESTART_NOTE}"))
+    ended = world.bot_messages()[1]
+    assert ended["id"] == killed["id"] and ended["content"].startswith(killed["content"][:20])
+    assert not ended.get("components")
     world.mention("what was the word?")
     assert eventually(lambda: len(world.bot_messages()) == 3)
     assert eventually(lambda: len(world.stored_turns()) == 4)

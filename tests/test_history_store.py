@@ -230,6 +230,22 @@ async def test_replace_removes_and_appends_atomically(clients: Clients) -> None:
     ]
 
 
+async def test_open_replies_are_kept_per_conversation_and_seen_by_every_client(
+    clients: Clients,
+) -> None:
+    writer, reader = clients(), clients()
+    for store in (writer, reader):
+        await store.open()
+    assert await reader.open_replies() == {}
+    await writer.set_open_reply("discord:1", 101)
+    await writer.set_open_reply("discord:2", 201)
+    await writer.set_open_reply("discord:1", 102)  # the reply went on in a new message
+    assert await reader.open_replies() == {"discord:1": 102, "discord:2": 201}
+    await writer.set_open_reply("discord:1", None)
+    await writer.set_open_reply("discord:9", None)  # closing one never opened is fine
+    assert await reader.open_replies() == {"discord:2": 201}
+
+
 async def test_sqlite_history_and_state_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "history.db"
     first = SqliteHistoryStore(path)
@@ -273,11 +289,13 @@ async def test_redis_keys_are_laid_out_as_documented(redis_server: RedisServer) 
     store = RedisHistoryStore(redis_server.url)
     stored = await store.append("discord:1", [Turn("user", "q", ref=7), Turn("assistant", "r")])
     await store.update_state("discord:1", lambda s: replace(s, summary="s", model="qwen3"))
+    await store.set_open_reply("discord:1", 42)
     await store.close()
     assert stored is not None
     with redis_client(redis_server) as client:
         keys = sorted(client.keys("*"))
         assert keys[1:] == [
+            "ollacord:open-replies",
             "ollacord:state:discord:1",
             "ollacord:turn-id",
             "ollacord:turns:discord:1",
@@ -289,6 +307,7 @@ async def test_redis_keys_are_laid_out_as_documented(redis_server: RedisServer) 
         members = client.zrange("ollacord:turns:discord:1", 0, -1, withscores=True)
         assert [score for _, score in members] == [t.id for t in stored]
         assert members[0][0].startswith(f'{stored[0].id}:{{"role": "user", "content": "q"')
+        assert client.hgetall("ollacord:open-replies") == {"discord:1": "42"}
         state = client.hgetall("ollacord:state:discord:1")
         assert state["summary"] == "s" and state["model"] == "qwen3" and "epoch" not in state
 

@@ -322,3 +322,30 @@ async def test_describe_names_every_backend_and_its_state(
     assert len(lines) == 2
     assert lines[0].startswith(a.url) and lines[1].startswith(b.url)
     assert all("up" in line and "/1 busy here" in line for line in lines)
+
+
+async def test_a_backend_dying_within_its_first_line_fails_over(
+    pool: OllamaPool, two: tuple[FakeOllama, FakeOllama]
+) -> None:
+    a, b = two
+    await answer(pool, route="c")
+    home, other = (a, b) if chats(a) else (b, a)
+    # Half of the first NDJSON line, then the connection is gone: no text reached anyone.
+    home.queue(Reply(tokens=["hello", " world"], drop_after=0, drop_mid_line=True))
+    assert await answer(pool, route="c") == "You said: hi"
+    assert chats(other) == 1
+    assert [x.up for x in pool.backends] == [home is b, home is a]
+
+
+async def test_a_runner_error_line_before_any_text_fails_over_without_marking_down(
+    pool: OllamaPool, two: tuple[FakeOllama, FakeOllama]
+) -> None:
+    a, b = two
+    await answer(pool, route="c")
+    home, other = (a, b) if chats(a) else (b, a)
+    home.queue(
+        Reply(tokens=["x"], error_after=0, error_message="llama runner process has terminated")
+    )
+    assert await answer(pool, route="c") == "You said: hi"
+    assert chats(other) == 1
+    assert all(x.up for x in pool.backends)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from simcord import Env
 
+from bot.background import cancel_and_wait
 from bot.user_messages import RESTART_NOTE, RESTARTING
 from tests.conftest import until
 from tests.fake_ollama import FakeOllama, Reply
@@ -76,3 +79,25 @@ async def test_no_new_mentions_are_taken_while_shutting_down(
     await alice.send(channel, f"{simcord_env.bot.user.mention} are you there?")
     assert channel.last_message.content == RESTARTING
     assert fake_ollama.chat_requests == []
+
+
+async def test_a_task_that_swallows_a_cancellation_is_cancelled_again_until_it_ends() -> None:
+    """Python 3.11's wait_for (redis-py's socket timeouts) can drop a cancellation that comes
+    as its inner call completes: a task waited for once would then be waited for forever."""
+    cancellations = 0
+
+    async def stubborn() -> None:
+        nonlocal cancellations
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancellations += 1
+                if cancellations == 3:
+                    raise
+                # dropped, as wait_for does when the inner call finished meanwhile
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task), timeout=5)
+    assert task.cancelled() and cancellations == 3

@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import discord
@@ -41,6 +42,7 @@ from .buttons import ButtonPress, shown_controls
 from .ephemeral import tell
 from .intake import Question, conversation_id, is_for_me, question_from, quoted_message
 from .latest_answers import LatestAnswers
+from .open_replies import OpenReplies
 from .permissions import Permissions
 from .reply_target import PERMISSION_CODES, DiscordReplySink, DiscordReplyTarget
 
@@ -76,6 +78,7 @@ class Answers:
         self.me = me
         # Only a channel's latest answer keeps its Regenerate button.
         self.latest = LatestAnswers()
+        self.open_replies = OpenReplies(services)
         self._told_missing_permission: set[int] = set()
 
     # --- mentions ----------------------------------------------------------------------------
@@ -159,9 +162,12 @@ class Answers:
         answer keeps the Regenerate button; a refused reply leaves a reaction and a fix."""
         channel_id = target.source.channel.id
         writer = self.scheduler.reply(channel_id, target)
-        if target.messages:  # Regenerate: the earlier answer is what shows until replaced
-            writer.shown = [m.content for m in target.messages if m is not None]
-            writer.shown_buttons = [shown_controls(m) for m in target.messages if m is not None]
+        shown = [m for m in target.messages if m is not None]
+        if shown:  # Regenerate: the earlier answer is what shows until replaced
+            writer.shown = [m.content for m in shown]
+            writer.shown_buttons = [shown_controls(m) for m in shown]
+            await self.open_replies.opened(conversation, shown[-1])
+        target.on_new_message = partial(self.open_replies.opened, conversation)
         # The earlier answer of a Regenerate stays readable while the new one waits its turn.
         sink = DiscordReplySink(writer, channel, footer=footer, show_queue=not writer.shown)
         try:
@@ -174,6 +180,8 @@ class Answers:
                 await writer.finish(INTERNAL_ERROR)
         finally:
             await sink.stop_typing()
+            if target.messages:  # it is over, however it ended: nothing to end after a kill
+                await self.open_replies.closed(conversation)
         if target.refused_code in PERMISSION_CODES:
             await self._missing_permission(target.source, target.refused_code)
         elif writer.controls.regenerate and writer.delivered and target.messages:

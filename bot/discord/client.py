@@ -84,6 +84,7 @@ class OllacordBot(discord.Client):
         SlashCommands(self.services, self.permissions).install(self.tree)
         self._rate_limit_counter = RateLimitLogCounter(self.services.metrics)
         self._rate_limit_listener = RateLimitListener(self.scheduler.rate_limited)
+        self._ended_abandoned = False
 
     @staticmethod
     def shard_options(settings: Settings) -> dict[str, Any]:
@@ -152,6 +153,9 @@ class OllacordBot(discord.Client):
             len(self.guilds),
             self.settings.ollama_model,
         )
+        if not self._ended_abandoned:  # once per start (ready comes again on reconnects)
+            self._ended_abandoned = True
+            self.services.background.spawn(self.answers.open_replies.close_abandoned(self))
 
     async def on_message(self, message: discord.Message) -> None:
         await self.answers.on_message(message)

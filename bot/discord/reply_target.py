@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import discord
 
+from ..background import cancel_and_wait
 from ..metrics import Metrics
 from ..rate_limits import CURRENT_PRIORITY, Priority
 from ..reply_text import Controls
@@ -65,6 +66,8 @@ class DiscordReplyTarget:
         # Regenerate writes over the earlier answer's messages.
         self.messages: list[discord.Message | None] = list(existing)
         self.refused_code: int | None = None  # Discord's code when it refused for good
+        # Told of each message the reply creates (the reply is then written into it).
+        self.on_new_message: Callable[[discord.Message], Awaitable[None]] | None = None
 
     def _view(self, controls: Controls) -> discord.ui.View:
         return controls_view(controls, self.source.channel.id, self.asked, self.asker)
@@ -114,6 +117,8 @@ class DiscordReplyTarget:
             self.messages[index] = message
         else:
             self.messages.append(message)
+        if self.on_new_message is not None:
+            await self.on_new_message(message)
         return True
 
     async def edit(
@@ -231,9 +236,7 @@ class DiscordReplySink:
     async def stop_typing(self) -> None:
         task, self._typing = self._typing, None
         if task is not None:
-            task.cancel()
-            # wait() neither raises the task's CancelledError nor hides a cancellation of ours.
-            await asyncio.wait({task})
+            await cancel_and_wait(task)
 
     async def _keep_typing(self) -> None:
         """Show "typing..." until the first words arrive (a cold model can take a minute).

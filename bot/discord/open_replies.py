@@ -1,0 +1,119 @@
+"""Replies a killed process left half-written.
+
+While a reply is written, the store knows which message it is in (``set_open_reply``); it is
+forgotten when the reply ends, however it ends. A process killed mid-reply (``kill -9``, the
+OOM killer, a power cut) cannot end it, so the next start does: the message gets the restart
+note and loses its Stop button, and the asker knows to ask again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+from ..app import Services
+from ..splitter import DISCORD_LIMIT, discord_len
+from ..user_messages import RESTART_NOTE
+from .intake import conversation_id
+
+PREFIX = conversation_id(0).removesuffix("0")  # "discord:"
+
+log = logging.getLogger(__name__)
+
+
+class OpenReplies:
+    """Keeps the store's record of the reply being written in each conversation."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def opened(self, conversation: str, message: discord.Message) -> None:
+        try:
+            await self.services.store.set_open_reply(conversation, message.id)
+        except Exception as exc:  # the reply goes on; only its recovery after a kill is lost
+            log.warning(
+                "event=open_reply_not_kept conversation=%s cause=%r", conversation, str(exc)
+            )
+
+    async def closed(self, conversation: str) -> None:
+        try:
+            await self.services.store.set_open_reply(conversation, None)
+        except Exception as exc:  # a later start would add the note to a finished reply
+            log.warning(
+                "event=open_reply_not_kept conversation=%s cause=%r", conversation, str(exc)
+            )
+
+    async def close_abandoned(self, client: discord.Client) -> None:
+        """At start: end every reply a killed process left open in this process's channels."""
+        try:
+            abandoned = await self.services.store.open_replies()
+        except Exception as exc:
+            log.warning("event=abandoned_replies_unknown cause=%r", str(exc))
+            return
+        for conversation, message_id in abandoned.items():
+            if not conversation.startswith(PREFIX):
+                continue  # the console's (nothing to edit there)
+            channel = await self._channel(client, int(conversation.removeprefix(PREFIX)))
+            if channel is None:
+                continue  # another shard's channel (its process ends it), or gone
+            if not await self._free(conversation):
+                continue  # a running process is still writing it (a rolling restart)
+            await self._end(conversation, channel, message_id)
+
+    @staticmethod
+    async def _channel(client: discord.Client, channel_id: int) -> object | None:
+        """The channel if this process serves it: one of its guilds' channels (from the
+        cache), or a DM channel (not cached after a restart: asked for)."""
+        channel = client.get_channel(channel_id)
+        if channel is not None:
+            return channel
+        try:
+            fetched = await client.fetch_channel(channel_id)
+        except discord.HTTPException:
+            return None
+        return fetched if isinstance(fetched, discord.DMChannel) and _runs_dms(client) else None
+
+    async def _free(self, conversation: str) -> bool:
+        lease = self.services.engine.leases.lease
+        if lease is None:
+            return True
+        try:
+            return await lease.holder(f"conversation:{conversation}") is None
+        except Exception:
+            return False
+
+    async def _end(self, conversation: str, channel: object, message_id: int) -> None:
+        if not isinstance(channel, discord.abc.Messageable):
+            return
+        try:
+            message = await channel.fetch_message(message_id)
+            text = message.content
+            if text.endswith(RESTART_NOTE):  # a stop that ended it, but not its record
+                await self.closed(conversation)
+                return
+            room = DISCORD_LIMIT - discord_len(RESTART_NOTE) - 3
+            if discord_len(text) > room:  # (only a message at the very limit)
+                text = text[: room - 1]
+                while discord_len(text) > room - 1:  # characters beyond the BMP count twice
+                    text = text[:-1]
+                text += "…"
+            await message.edit(content=f"{text}\n\n{RESTART_NOTE}".strip(), view=None)
+        except discord.NotFound:
+            pass  # deleted meanwhile: nothing to end
+        except discord.HTTPException as exc:
+            log.warning(
+                "event=abandoned_reply_not_ended conversation=%s message=%s cause=%r",
+                conversation,
+                message_id,
+                exc.text,
+            )
+            return
+        log.info("event=abandoned_reply_ended conversation=%s message=%s", conversation, message_id)
+        await self.closed(conversation)
+
+
+def _runs_dms(client: discord.Client) -> bool:
+    """DMs reach shard 0 only: the process running it (or an unsharded one) ends them."""
+    shard_ids = getattr(client, "shard_ids", None)
+    return not shard_ids or 0 in shard_ids
