@@ -16,8 +16,10 @@ not all end together. It waits until every reply is final (complete, or ended wi
 
 * replies completed and lost (complete = the reply's final Discord text is exactly the model's
   output; lost = error replies, wrong text, or never finished);
-* wall time (first mention to the last final text) and **answers per second** (completed
-  answers / that wall time; over the timeout instead if some reply never finished);
+* wall time (first mention to the last final text; to the timeout if some reply never
+  finished) and **answers per second** (completed answers / the time from the first mention to
+  the last final text of a completed answer, so that a lost reply does not stretch it to the
+  timeout); the lost replies by name (tag, what became of them, channel and process);
 * HTTP 429s the fake Discord sent the bot, by scope (and how many the bot itself counted);
 * time from a mention to the first visible text (the bot's first message create replying to
   it, as the fake Discord received it), p50 and p95;
@@ -266,6 +268,8 @@ class Report:
     backend_requests: list[int] = field(default_factory=list)  # chat requests served, per backend
     redis_calls: dict[str, int] | None = None  # commandstats increase by command; None: no Redis
     bench_cpu_seconds: float = 0.0  # this process (the fakes' threads), over the run
+    answers_wall: float = 0.0  # first mention to the last final text of a completed answer
+    shard_of: dict[int, int] = field(default_factory=dict)  # channel -> shard (process)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.replies)
@@ -280,12 +284,32 @@ class Report:
 
     @property
     def answers_per_second(self) -> float:
-        return self.completed / self.wall if self.wall > 0 else float("nan")
+        """Completed answers over the time from the first mention to the last final text of
+        a completed answer (a lost reply does not stretch it to the timeout)."""
+        return self.completed / self.answers_wall if self.answers_wall > 0 else float("nan")
 
     @property
     def discord_requests(self) -> int:
         """REST requests from the first mention on (429s included)."""
         return sum(self.rest_by_method.values())
+
+    def _lost_lines(self, most: int = 10) -> list[str]:
+        """The lost replies by name (the first ``most``): tag, what became of it, where."""
+        lost = [r for r in self.replies if r.status != "complete"]
+        if not lost:
+            return []
+        shown = ", ".join(
+            f"{r.mention.tag} {r.status} (channel {r.mention.channel}"
+            + (
+                f", process {self.shard_of[r.mention.channel]}"
+                if self.config.processes > 1 and r.mention.channel in self.shard_of
+                else ""
+            )
+            + ")"
+            for r in lost[:most]
+        )
+        more = f" and {len(lost) - most} more" if len(lost) > most else ""
+        return [f"lost replies        {shown}{more}"]
 
     def _per_answer(self, total: float) -> str:
         return f"{total / self.completed:.1f}" if self.completed else "n/a"
@@ -338,7 +362,9 @@ class Report:
             + ("timed out" if self.timed_out else "first mention to last final text")
             + f"); {self.tokens:,} tokens streamed",
             f"answers per second  {self.answers_per_second:.2f} ({self.completed} completed "
-            f"answers / {self.wall:.1f} s wall time)",
+            f"answers / {self.answers_wall:.1f} s from the first mention to the last final text "
+            "of a completed answer)",
+            *self._lost_lines(),
             "HTTP 429s to the bot "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.rate_limited.items()))
             + f" (total {sum(self.rate_limited.values())}; the bot counted "
@@ -1142,6 +1168,7 @@ def run(config: Config) -> Report:
                 if kept is not None and bot.log.exists():
                     shutil.copyfile(bot.log, kept)
         finals = [r.final_at for r in results if r.final_at is not None]
+        completed_finals = [r.final_at for r in results if r.status == "complete" and r.final_at]
         answers = Counter(shard_of[r.mention.channel] for r in results if r.status == "complete")
         processes = [bot.stats(answers[bot.shard or 0]) for bot in bots]
         lag_p99, lag_samples = bucket_quantile(
@@ -1179,6 +1206,8 @@ def run(config: Config) -> Report:
             backend_requests=served,
             redis_calls=redis_calls,
             bench_cpu_seconds=bench_cpu,
+            answers_wall=max(completed_finals, default=started) - started,
+            shard_of=shard_of,
         )
     raise AssertionError("unreachable")  # ExitStack swallows no exception
 
