@@ -732,7 +732,9 @@ def summarise_log(path: Path) -> dict[str, int]:
         if "is not installed, voice will NOT be supported" in parts[3]:
             continue  # discord.py's start-up notice, not about the run
         event = re.search(r"event=(\S+)", parts[3])
-        what = event.group(1) if event else " ".join(parts[3].split()[:8])
+        # URLs name a channel and message: without them, one line per kind of warning.
+        plain = re.sub(r"https?://\S+", "<url>", parts[3])
+        what = event.group(1) if event else " ".join(plain.split()[:8])
         events[f"{parts[1]} {parts[2]}: {what}"] += 1
     return dict(events)
 
