@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from .clock import Clock, Sleep
 from .coordination import RateBudget
@@ -78,7 +79,7 @@ class DiscordScheduler:
         self._naps: dict[int, asyncio.Future[None]] = {}  # a pump waiting for a slot
         self._global = RestGate(
             RateWindow(self.limits.global_limit, self.limits.global_window),
-            self._keep_free,
+            partial(keep_free, self.limits),
             clock=clock,
             sleep=sleep,
         )
@@ -234,16 +235,6 @@ class DiscordScheduler:
             await self.sleep(wait)
         self.rest_calls += 1
 
-    def _keep_free(self, priority: Priority) -> int:
-        """Slots of the global window a call leaves to more important ones: intermediate
-        edits leave what finals and first texts need; those leave room for interaction
-        responses (3 s to answer)."""
-        if priority >= Priority.INTERMEDIATE:
-            return int(self.limits.global_limit * (1 - self.limits.intermediate_share))
-        if priority is Priority.URGENT:
-            return 0
-        return max(1, self.limits.global_limit // 10)
-
     async def _shared_wait(self) -> float:
         """0 once a token of the shared budget is taken, else the seconds to wait. Redis
         unreachable: this process's own window is all that limits it, and Redis is asked again
@@ -311,3 +302,14 @@ def _urgent(reply: ReplyWriter) -> bool:
         or reply.status_shown
         or reply.content.frozen_count >= len(reply.shown)
     )
+
+
+def keep_free(limits: DiscordLimits, priority: Priority) -> int:
+    """Slots of the global window a call leaves to more important ones: intermediate edits
+    leave what finals and first texts need; those leave room for interaction responses (3 s
+    to answer)."""
+    if priority >= Priority.INTERMEDIATE:
+        return int(limits.global_limit * (1 - limits.intermediate_share))
+    if priority is Priority.URGENT:
+        return 0
+    return max(1, limits.global_limit // 10)

@@ -181,7 +181,7 @@ class Answers:
         finally:
             await sink.stop_typing()
             if target.messages:  # it is over, however it ended: nothing to end after a kill
-                await self.open_replies.closed(conversation)
+                self.open_replies.closed(conversation)
         if target.refused_code in PERMISSION_CODES:
             await self._missing_permission(target.source, target.refused_code)
         elif writer.controls.regenerate and writer.delivered and target.messages:

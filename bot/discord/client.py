@@ -122,6 +122,7 @@ class OllacordBot(discord.Client):
 
     async def setup_hook(self) -> None:
         await self.services.store.open()
+        await self.answers.open_replies.read_left_open()
         logging.getLogger("discord.http").addHandler(self._rate_limit_counter)
         # Stop/Regenerate presses reach the bot even on messages sent before a restart.
         self.add_dynamic_items(StopButton, RegenerateButton, ReasoningButton)

@@ -8,7 +8,9 @@ note and loses its Stop button, and the asker knows to ask again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 
 import discord
 
@@ -27,30 +29,46 @@ class OpenReplies:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._left: dict[str, int] = {}  # what earlier processes left open, read at start
+        # Records are written in order by one short-lived task: a reply never waits for them.
+        self._writes: deque[tuple[str, int | None]] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
-    async def opened(self, conversation: str, message: discord.Message) -> None:
+    async def read_left_open(self) -> None:
+        """Before connecting: the replies left open, before this process opens any (it may
+        answer messages before it is told it is ready)."""
         try:
-            await self.services.store.set_open_reply(conversation, message.id)
-        except Exception as exc:  # the reply goes on; only its recovery after a kill is lost
-            log.warning(
-                "event=open_reply_not_kept conversation=%s cause=%r", conversation, str(exc)
-            )
-
-    async def closed(self, conversation: str) -> None:
-        try:
-            await self.services.store.set_open_reply(conversation, None)
-        except Exception as exc:  # a later start would add the note to a finished reply
-            log.warning(
-                "event=open_reply_not_kept conversation=%s cause=%r", conversation, str(exc)
-            )
-
-    async def close_abandoned(self, client: discord.Client) -> None:
-        """At start: end every reply a killed process left open in this process's channels."""
-        try:
-            abandoned = await self.services.store.open_replies()
+            self._left = await self.services.store.open_replies()
         except Exception as exc:
             log.warning("event=abandoned_replies_unknown cause=%r", str(exc))
-            return
+
+    async def opened(self, conversation: str, message: discord.Message) -> None:
+        self._record(conversation, message.id)
+
+    def closed(self, conversation: str) -> None:
+        self._record(conversation, None)
+
+    def _record(self, conversation: str, message_id: int | None) -> None:
+        self._writes.append((conversation, message_id))
+        if self._writer is None or self._writer.done():
+            self._writer = self.services.background.spawn(self._write())
+
+    async def _write(self) -> None:
+        while self._writes:
+            conversation, message_id = self._writes.popleft()
+            try:
+                await self.services.store.set_open_reply(conversation, message_id)
+            except Exception as exc:
+                # The reply is not affected; only its ending after a kill (or, for a close, a
+                # later start adds the note to a reply that had finished).
+                log.warning(
+                    "event=open_reply_not_kept conversation=%s cause=%r", conversation, str(exc)
+                )
+
+    async def close_abandoned(self, client: discord.Client) -> None:
+        """Once connected: end every reply a killed process left open in this process's
+        channels (those read by :meth:`read_left_open`)."""
+        abandoned, self._left = self._left, {}
         for conversation, message_id in abandoned.items():
             if not conversation.startswith(PREFIX):
                 continue  # the console's (nothing to edit there)
@@ -90,7 +108,7 @@ class OpenReplies:
             message = await channel.fetch_message(message_id)
             text = message.content
             if text.endswith(RESTART_NOTE):  # a stop that ended it, but not its record
-                await self.closed(conversation)
+                await self._forget(conversation, message_id)
                 return
             room = DISCORD_LIMIT - discord_len(RESTART_NOTE) - 3
             if discord_len(text) > room:  # (only a message at the very limit)
@@ -110,7 +128,16 @@ class OpenReplies:
             )
             return
         log.info("event=abandoned_reply_ended conversation=%s message=%s", conversation, message_id)
-        await self.closed(conversation)
+        await self._forget(conversation, message_id)
+
+    async def _forget(self, conversation: str, message_id: int) -> None:
+        """Forget the abandoned reply, unless a new reply of the conversation is open by now."""
+        try:
+            if (await self.services.store.open_replies()).get(conversation) != message_id:
+                return
+        except Exception:
+            return
+        self.closed(conversation)
 
 
 def _runs_dms(client: discord.Client) -> bool:
