@@ -94,6 +94,7 @@ class Services:
             settings.ollama_backends,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            read_beat=settings.read_beat,
             slots=coordination.slots if together else None,
             clock=clock,
             metrics=metrics,

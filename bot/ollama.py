@@ -12,11 +12,12 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
+from .chat_chunk import ChatChunk, ErrorLine, merged_chunks
 from .ollama_errors import (
     ModelNotFound,
     OllamaBusy,
@@ -54,42 +55,6 @@ PS = "/api/ps"
 
 
 # --- stream values ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatChunk:
-    """One event of a chat stream, with every optional field defaulted (metrics are omitempty)."""
-
-    content: str = ""
-    thinking: str = ""
-    tool_calls: tuple[Mapping[str, Any], ...] = ()
-    done: bool = False
-    done_reason: str = ""
-    metrics: Mapping[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> ChatChunk:
-        message = obj.get("message") or {}
-        metrics = {
-            key: value
-            for key in (
-                "total_duration",
-                "load_duration",
-                "prompt_eval_count",
-                "prompt_eval_duration",
-                "eval_count",
-                "eval_duration",
-            )
-            if isinstance(value := obj.get(key), int)
-        }
-        return cls(
-            content=str(message.get("content") or ""),
-            thinking=str(message.get("thinking") or ""),
-            tool_calls=tuple(message.get("tool_calls") or ()),
-            done=bool(obj.get("done")),
-            done_reason=str(obj.get("done_reason") or ""),
-            metrics=metrics,
-        )
 
 
 @dataclass(frozen=True)
@@ -192,10 +157,14 @@ class OllamaClient:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
+        read_beat: float = 0.0,
         busy_retry_delays: Sequence[float] = (1.0, 3.0),
     ) -> None:
         self._transport = OllamaTransport(
-            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout
+            base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            read_beat=read_beat,
         )
         self.busy_retry_delays = tuple(busy_retry_delays)
 
@@ -274,14 +243,16 @@ class OllamaClient:
         self, model: str, body: Mapping[str, Any]
     ) -> AsyncGenerator[ChatChunk, None]:
         done = False
-        async with aclosing(self._transport.stream(CHAT, body, model=model)) as lines:
-            async for obj in lines:
-                if "error" in obj:
+        reads = self._transport.stream_reads(CHAT, body, model=model, beat=True)
+        async with aclosing(reads):
+            async for objects in reads:
+                try:
+                    for chunk in merged_chunks(objects):
+                        yield chunk
+                        done = done or chunk.done
+                except ErrorLine as exc:
                     # #error-line: an error after the first event keeps status 200, ends it.
-                    raise StreamInterrupted("model_error", str(obj["error"]), endpoint=CHAT)
-                chunk = ChatChunk.from_json(obj)
-                yield chunk
-                done = done or chunk.done
+                    raise StreamInterrupted("model_error", str(exc), endpoint=CHAT) from None
         if not done:
             raise StreamInterrupted(
                 "incomplete", "Ollama ended the reply without finishing it", endpoint=CHAT

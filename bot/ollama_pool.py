@@ -24,6 +24,7 @@ import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
+from functools import partial
 from typing import Any
 
 from .backend_slots import BackendSlots, SlotKeeper
@@ -88,19 +89,19 @@ class OllamaPool:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
+        read_beat: float = 0.0,
         slots: SlotKeeper | None = None,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
         metrics: Metrics | None = None,
     ) -> None:
-        self.backends = [
-            Backend(
-                OllamaClient(url, connect_timeout=connect_timeout, read_timeout=read_timeout),
-                capacity,
-                metrics=metrics,
-            )
-            for url, capacity in backends
-        ]
+        client = partial(
+            OllamaClient,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            read_beat=read_beat,
+        )
+        self.backends = [Backend(client(url), cap, metrics=metrics) for url, cap in backends]
         self.slots = BackendSlots(slots)
         self.clock = clock
         self.sleep = sleep

@@ -16,8 +16,9 @@ Protocol facts: ``docs/ollama-protocol.md`` (anchors below refer to it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ from .ollama_errors import (
     OllamaUnavailable,
     StreamInterrupted,
 )
+from .read_pacing import IdleWatch, ReadTicker
 
 USER_AGENT = "ollacord/0.1 (+aiohttp)"
 JSON_TYPE = "application/json"
@@ -49,17 +51,47 @@ class _Exchange:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.started = False
+        self.ticker: ReadTicker | None = None
+        self.watch: IdleWatch | None = None
+        self._last_read = 0.0
 
     @property
     def is_ndjson(self) -> bool:
         return "ndjson" in self.response.headers.get("Content-Type", "")
 
     async def read(self) -> bytes:
-        """The next bytes of the body as they arrive (``b""`` at its end)."""
-        data = await self.response.content.readany()
+        """The next bytes of the body as they arrive (``b""`` at its end); with a ticker,
+        everything that arrived up to its next beat."""
+        ticker, watch = self.ticker, self.watch
+        loop = asyncio.get_running_loop()
+        if ticker is not None and self.started and ticker.due(self._last_read, loop.time()):
+            await ticker.beat()
+        if watch is None:
+            data = await self.response.content.readany()
+        else:
+            watch.waiting(self.response, loop.time())
+            try:
+                data = await self.response.content.readany()
+            finally:
+                watch.done(self.response)
         if data:
             self.started = True
+            self._last_read = loop.time()
         return data
+
+    @contextmanager
+    def watched(self, watch: IdleWatch) -> Iterator[None]:
+        """Hand the idle-read timeout from aiohttp (a timer moved on every packet) to
+        ``watch`` now that the headers are in. aiohttp's timer still guards the wait for the
+        headers; its pending one is dropped by the next packet."""
+        connection = self.response.connection
+        if connection is None or connection.protocol is None:
+            yield
+            return
+        connection.protocol.read_timeout = None
+        self.watch = watch
+        with watch.watching(self.response):
+            yield
 
 
 class OllamaTransport:
@@ -77,8 +109,11 @@ class OllamaTransport:
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
         user_agent: str = USER_AGENT,
+        read_beat: float = 0.0,
     ) -> None:
         self.base_url = base_url
+        self.ticker = ReadTicker(read_beat) if read_beat > 0 else None
+        self._watch = IdleWatch(read_timeout)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.user_agent = user_agent
@@ -120,21 +155,35 @@ class OllamaTransport:
         """``POST`` ``body`` to ``path`` and yield each JSON object of the NDJSON answer as
         it arrives. A 200 ``application/json`` answer (a load reply, an early error) yields its
         one object. Close the generator (``aclosing``) to abandon the request."""
-        async with self._exchange("POST", path, body, model=model, accept=NDJSON_TYPE) as exchange:
-            decoder = NdjsonDecoder()
-            while data := await exchange.read():
-                try:
-                    objects = decoder.feed(data)
-                except NdjsonError as exc:
-                    # The lines before the bad one are the start of the answer: hand them over,
-                    # then report the bad line (the caller shows the text with a cut-off note).
-                    for obj in exc.parsed:
-                        yield obj
-                    raise
+        async with aclosing(self.stream_reads(path, body, model=model)) as reads:
+            async for objects in reads:
                 for obj in objects:
                     yield obj
-            for obj in self._last_line(decoder, exchange.is_ndjson, path):
-                yield obj
+
+    async def stream_reads(
+        self, path: str, body: Mapping[str, Any], *, model: str = "", beat: bool = False
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """As :meth:`stream`, the objects of each read together (never an empty list). With
+        ``beat``, reads keep the transport's read beat (a chat's tokens; not a pull's progress)."""
+        async with self._exchange("POST", path, body, model=model, accept=NDJSON_TYPE) as exchange:
+            exchange.ticker = self.ticker if beat else None
+            self._watch.timeout = self.read_timeout
+            with exchange.watched(self._watch):
+                decoder = NdjsonDecoder()
+                while data := await exchange.read():
+                    try:
+                        objects = decoder.feed(data)
+                    except NdjsonError as exc:
+                        # The lines before the bad one are the start of the answer: hand them
+                        # over, then report the bad line (the caller shows the text with a
+                        # cut-off note).
+                        if exc.parsed:
+                            yield list(exc.parsed)
+                        raise
+                    if objects:
+                        yield objects
+                if last := self._last_line(decoder, exchange.is_ndjson, path):
+                    yield last
 
     @staticmethod
     def _last_line(decoder: NdjsonDecoder, is_ndjson: bool, path: str) -> list[dict[str, Any]]:

@@ -62,6 +62,7 @@ class Settings:
     max_input_chars: int = 8000
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    read_beat: float = 0.05
     message_content_intent: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
@@ -167,6 +168,7 @@ _PARSERS: dict[str, tuple[str, Parser]] = {
     "MAX_INPUT_CHARS": ("max_input_chars", whole(1)),
     "OLLAMA_CONNECT_TIMEOUT": ("connect_timeout", number(0.1)),
     "OLLAMA_READ_TIMEOUT": ("read_timeout", number(1.0)),
+    "OLLAMA_READ_BEAT": ("read_beat", number(0.0)),
     "MESSAGE_CONTENT_INTENT": ("message_content_intent", boolean),
     "LOG_FORMAT": ("log_format", choice("text", "json")),
     "LOG_FILE": ("log_file", log_file),

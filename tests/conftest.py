@@ -59,6 +59,9 @@ def settings_for(fake: FakeOllama, env: Mapping[str, str] | None = None) -> Sett
         "HISTORY_STORE": "memory://",
         "EDIT_INTERVAL": "1.0",
         "HEALTH_PORT": "0",
+        # SimCord runs bot code on a virtual clock that stands still during real network I/O:
+        # a read beat would wait on every read. The beat has its own tests, outside SimCord.
+        "OLLAMA_READ_BEAT": "0",
     }
     base.update(env or {})
     return Settings.from_env(base)

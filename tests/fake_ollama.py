@@ -938,6 +938,8 @@ class Reply:
     """After this many content tokens, abruptly close the TCP connection (no chunked end)."""
     drop_mid_line: bool = False
     """With ``drop_after``: first write half of the next line's bytes, then drop."""
+    hang_after: int | None = None
+    """After this many content tokens, go silent with the connection open (a stuck runner)."""
     status: int | None = None
     """Error before the first event: this status, ``{"error": status_message}``."""
     status_message: str = ""
@@ -1886,6 +1888,9 @@ class FakeOllama(ThreadedServer):
                     return
                 if reply.drop_after is not None and sent_content >= reply.drop_after:
                     yield self._drop_event(line(message), reply)
+                    return
+                if reply.hang_after is not None and sent_content >= reply.hang_after:
+                    yield _Hang()
                     return
             if not first and reply.token_delay:
                 await asyncio.sleep(reply.token_delay)

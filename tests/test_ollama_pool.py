@@ -25,6 +25,11 @@ async def quick(_seconds: float) -> None:
     await asyncio.sleep(0.01)
 
 
+async def patient(_seconds: float) -> None:
+    """Waits long enough that a backend marked down stays down while the test looks."""
+    await asyncio.sleep(30)
+
+
 def make_pool(*fakes: FakeOllama, slots: int = 1, metrics: Metrics | None = None) -> OllamaPool:
     return OllamaPool(
         [(fake.url, slots) for fake in fakes],
@@ -211,6 +216,7 @@ async def test_a_proxy_saying_bad_gateway_marks_its_backend_down(
     pool: OllamaPool, two: tuple[FakeOllama, FakeOllama]
 ) -> None:
     a, b = two
+    pool.sleep = patient
     await answer(pool, route="c")
     home = a if chats(a) else b
     home.queue(
@@ -328,6 +334,7 @@ async def test_a_backend_dying_within_its_first_line_fails_over(
     pool: OllamaPool, two: tuple[FakeOllama, FakeOllama]
 ) -> None:
     a, b = two
+    pool.sleep = patient
     await answer(pool, route="c")
     home, other = (a, b) if chats(a) else (b, a)
     # Half of the first NDJSON line, then the connection is gone: no text reached anyone.
