@@ -32,11 +32,15 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Final
-
-from PIL import Image, ImageOps
+from typing import TYPE_CHECKING, Final
 
 from . import user_messages as say
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow is imported where an image is handled, not with this module: most bots never see one,
+# and it holds 3 MiB of memory from the moment it is imported.
 
 __all__ = [
     "MAX_PIXELS",
@@ -246,6 +250,8 @@ def _is_image(data: bytes) -> bool:
 
     A decompression bomb counts: Pillow refuses it on open, and :func:`_image` says so.
     """
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS):
             return True
@@ -259,6 +265,8 @@ def _is_image(data: bytes) -> bool:
 
 def _image(name: str, data: bytes, *, max_side: int, max_pixels: int) -> ImagePart | Skipped:
     """The image decoded, downscaled and re-encoded, or why not (never an exception)."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as image:
             return _reencode(name, image, max_side=max_side, max_pixels=max_pixels)
@@ -273,6 +281,8 @@ def _image(name: str, data: bytes, *, max_side: int, max_pixels: int) -> ImagePa
 def _reencode(
     name: str, image: Image.Image, *, max_side: int, max_pixels: int
 ) -> ImagePart | Skipped:
+    from PIL import Image, ImageOps
+
     source, target = image.format, _fitted(image.size, max_side)
     # A JPEG can be decoded at 1/2, 1/4 or 1/8 scale for almost nothing; asking for the output
     # size makes the decoder pick the smallest scale still at least that large (a 4000x3000
