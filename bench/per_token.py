@@ -1,8 +1,10 @@
 """Benchmark: the bot's own CPU cost per streamed token, without sockets or Discord.
 
 Feeds Ollama's wire lines (one token each, as the server flushes them) through the NDJSON
-reader, ChatChunk parsing and a scheduled Discord reply (splitting into messages, deciding
-whether an update is due), exactly as a reply does, and prints microseconds of CPU per token.
+reader, the chunking of each read (bot/chat_chunk.py) and a scheduled Discord reply (splitting
+into messages, deciding whether an update is due), as a reply does, and prints microseconds of
+CPU per token. ``--per-read N``: the lines one read brings (1: every token on its own, as with
+``OLLAMA_READ_BEAT=0``; about 3 with the default 50 ms beat at 50 tokens/s).
 bench/load.py measures the whole process under load (sockets, discord.py, the gateway); this
 isolates the part the bot's own code adds.
 
@@ -15,9 +17,9 @@ import argparse
 import asyncio
 import time
 
+from bot.chat_chunk import merged_chunks
 from bot.discord_scheduler import DiscordScheduler
 from bot.ndjson import NdjsonDecoder
-from bot.ollama import ChatChunk
 from bot.reply_text import Controls
 
 
@@ -35,14 +37,15 @@ LINE = (
 )
 
 
-async def measure(tokens: int) -> float:
+async def measure(tokens: int, per_read: int) -> float:
     scheduler = DiscordScheduler(time.monotonic, edit_interval=1.0)
     reply = scheduler.reply(1, NullTarget())
     decoder = NdjsonDecoder()
+    read = LINE * per_read
     started = time.process_time()
-    for _ in range(tokens):
-        for obj in decoder.feed(LINE):
-            await reply.feed(ChatChunk.from_json(obj).content)
+    for _ in range(tokens // per_read):
+        for chunk in merged_chunks(decoder.feed(read)):
+            await reply.feed(chunk.content)
     elapsed = time.process_time() - started
     await reply.finish()
     return elapsed / tokens * 1e6
@@ -51,11 +54,13 @@ async def measure(tokens: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=20_000)
-    tokens = parser.parse_args().tokens
-    micros = asyncio.run(measure(tokens))
+    parser.add_argument("--per-read", type=int, default=1, help="lines per read")
+    args = parser.parse_args()
+    tokens = args.tokens - args.tokens % args.per_read
+    micros = asyncio.run(measure(tokens, args.per_read))
     print(
-        f"{tokens:,} tokens ({tokens * 5:,} characters, split into Discord messages): "
-        f"{micros:.1f} µs of CPU per token"
+        f"{tokens:,} tokens ({tokens * 5:,} characters, split into Discord messages), "
+        f"{args.per_read} per read: {micros:.1f} µs of CPU per token"
     )
 
 

@@ -64,7 +64,7 @@ class AnswerStream:
                     self._thinking(turn)
                 if chunk.content:
                     if self.metrics:
-                        self.metrics.tokens.inc(chunk.lines)
+                        self.metrics.tokens.inc(chunk.tokens)
                     visible = think_filter.feed(chunk.content)
                     if think_filter.thought:  # reasoning an older server left in the content
                         turn.reasoning += think_filter.thought

@@ -27,7 +27,8 @@ _METRICS = (
 class ChatChunk:
     """One event of a chat stream, with every optional field defaulted (metrics are omitempty).
 
-    ``lines`` counts the stream lines it stands for (tokens, for the metrics)."""
+    ``tokens`` counts the stream lines with answer text it stands for (Ollama writes one per
+    token; the token metric counts them)."""
 
     content: str = ""
     thinking: str = ""
@@ -35,19 +36,21 @@ class ChatChunk:
     done: bool = False
     done_reason: str = ""
     metrics: Mapping[str, int] = field(default_factory=dict)
-    lines: int = 1
+    tokens: int = 0
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ChatChunk:
         message = obj.get("message") or {}
         metrics = {key: value for key in _METRICS if isinstance(value := obj.get(key), int)}
+        content = str(message.get("content") or "")
         return cls(
-            content=str(message.get("content") or ""),
+            content=content,
             thinking=str(message.get("thinking") or ""),
             tool_calls=tuple(message.get("tool_calls") or ()),
             done=bool(obj.get("done")),
             done_reason=str(obj.get("done_reason") or ""),
             metrics=metrics,
+            tokens=1 if content else 0,
         )
 
 
@@ -70,28 +73,29 @@ def merged_chunks(objects: Iterable[Mapping[str, Any]]) -> Iterator[ChatChunk]:
     :class:`ErrorLine` after the chunks before it, so the caller sees the text first."""
     content: list[str] = []
     thinking: list[str] = []
-    count = 0
-    has_text = False
+    tokens = 0  # lines of the run with answer text
     for obj in objects:
         plain = _plain(obj)
-        if plain is not None and not (plain[1] and has_text):
+        if plain is not None and not (plain[1] and tokens):
             content.append(plain[0])
             thinking.append(plain[1])
-            count += 1
-            has_text = has_text or bool(plain[0])
+            tokens += 1 if plain[0] else 0
             continue
-        if count:
-            yield ChatChunk(content="".join(content), thinking="".join(thinking), lines=count)
-            content, thinking, count, has_text = [], [], 0, False
+        if content:
+            yield _run(content, thinking, tokens)
+            content, thinking, tokens = [], [], 0
         if plain is not None:  # reasoning after answer text: starts the next run
-            content, thinking, count = [plain[0]], [plain[1]], 1
-            has_text = bool(plain[0])
+            content, thinking, tokens = [plain[0]], [plain[1]], 1 if plain[0] else 0
             continue
         if "error" in obj:
             raise ErrorLine(str(obj["error"]))
         yield ChatChunk.from_json(obj)
-    if count:
-        yield ChatChunk(content="".join(content), thinking="".join(thinking), lines=count)
+    if content:
+        yield _run(content, thinking, tokens)
+
+
+def _run(content: list[str], thinking: list[str], tokens: int) -> ChatChunk:
+    return ChatChunk(content="".join(content), thinking="".join(thinking), tokens=tokens)
 
 
 class ErrorLine(Exception):

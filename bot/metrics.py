@@ -23,7 +23,7 @@ class Metrics:
         r = self.registry
         self.replies = Counter("ollacord_replies", "Replies by outcome", ["outcome"], registry=r)
         self.tokens = Counter(
-            "ollacord_tokens_streamed", "Content chunks (tokens) streamed from Ollama", registry=r
+            "ollacord_tokens_streamed", "Tokens of answer text streamed from Ollama", registry=r
         )
         self.time_to_first_token = Histogram(
             "ollacord_time_to_first_token_seconds",

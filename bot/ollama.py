@@ -147,7 +147,8 @@ class OllamaClient:
     created lazily and closed by :meth:`close`).
 
     Timeouts: no total timeout (a cold load plus a long answer can take minutes), a connect
-    timeout, and an idle-read timeout that restarts with every read. A streamed chat answered
+    timeout, and an idle-read timeout (no byte for ``read_timeout`` seconds; see
+    :class:`OllamaTransport`). A streamed chat answered
     503 is retried before any byte of the answer is used, with the given delays.
     """
 

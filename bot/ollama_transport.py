@@ -7,7 +7,8 @@ it hit:
 - refused, DNS, connect timeout, invalid URL: :class:`OllamaUnavailable`;
 - the connection closed or failed before the first byte of the body: :class:`OllamaUnavailable`,
   after it: :class:`StreamInterrupted` ``"dropped"`` (the answer had started);
-- no bytes for ``read_timeout`` seconds: :class:`OllamaTimeout` (``started`` as above);
+- no bytes for ``read_timeout`` seconds (in a streamed body: noticed within a quarter of it
+  more, at most 5 s): :class:`OllamaTimeout` (``started`` as above);
 - a body that is not JSON: :class:`StreamInterrupted` ``"malformed"``;
 - an HTTP error status: see :meth:`OllamaTransport._status_error`.
 
@@ -98,8 +99,11 @@ class OllamaTransport:
     """Owns the aiohttp session to one Ollama server (created lazily, closed by :meth:`close`).
 
     Timeouts: no total timeout (a cold load plus a long answer can take minutes), a connect
-    timeout, and an idle-read timeout that restarts with every read. Changing them affects the
-    next session, i.e. after :meth:`close`.
+    timeout, and an idle-read timeout: no byte for ``read_timeout`` seconds. Until the headers
+    arrive it is aiohttp's (changes take effect with the next session, i.e. after
+    :meth:`close`); in a streamed body it is the :class:`IdleWatch`, which checks every
+    ``min(read_timeout / 4, 5 s)`` (so it fires within that much after the timeout) and takes
+    a change with the next stream.
     """
 
     def __init__(
@@ -113,7 +117,7 @@ class OllamaTransport:
     ) -> None:
         self.base_url = base_url
         self.ticker = ReadTicker(read_beat) if read_beat > 0 else None
-        self._watch = IdleWatch(read_timeout)
+        self._watch = IdleWatch(read_timeout)  # its timeout follows read_timeout per stream
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.user_agent = user_agent

@@ -73,10 +73,12 @@ class IdleWatch:
 
     @contextmanager
     def watching(self, response: aiohttp.ClientResponse) -> Iterator[None]:
-        self._open[response] = None
         loop = asyncio.get_running_loop()
-        if self._timer is None or loop is not self._loop:  # (a closed loop's check never runs)
-            self._loop = loop
+        if loop is not self._loop:  # streams of a closed loop: nothing left to watch there
+            self._open.clear()
+            self._loop, self._timer = loop, None
+        self._open[response] = None
+        if self._timer is None:
             self._timer = loop.call_later(self._every, self._check)
         try:
             yield

@@ -73,14 +73,15 @@ def test_merging_changes_nothing_the_answer_stream_sees(objects: list[dict[str, 
     one_by_one = [ChatChunk.from_json(obj) for obj in objects]
     merged = list(merged_chunks(objects))
     assert events(merged) == events(one_by_one)
-    assert sum(chunk.lines for chunk in merged) == len(objects)
+    assert sum(c.tokens for c in merged) == sum(c.tokens for c in one_by_one)
+    assert sum(c.tokens for c in one_by_one) == sum(1 for c in one_by_one if c.content)
     assert [c.metrics for c in merged if c.done] == [c.metrics for c in one_by_one if c.done]
     assert len(merged) <= len(objects)
 
 
 def test_plain_lines_of_one_read_are_one_chunk() -> None:
     chunks = list(merged_chunks([line("Hel"), line("lo"), line(", world")]))
-    assert chunks == [ChatChunk(content="Hello, world", lines=3)]
+    assert chunks == [ChatChunk(content="Hello, world", tokens=3)]
 
 
 def test_reasoning_after_text_starts_a_new_chunk() -> None:

@@ -188,7 +188,7 @@ async def test_with_a_read_beat_tokens_that_arrive_together_are_one_chunk(
     chunks = await collect(client)
     await client.close()
     assert "".join(c.content for c in chunks) == "".join(tokens)
-    assert sum(c.lines for c in chunks) == len(tokens) + 1  # and the done line
+    assert sum(c.tokens for c in chunks) == len(tokens)
     assert len(chunks) < len(tokens) / 3  # 200 ms of tokens in a handful of reads
     assert chunks[-1].done and chunks[-1].metrics["eval_count"] == len(tokens)
 
