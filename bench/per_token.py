@@ -4,7 +4,7 @@ Feeds Ollama's wire lines (one token each, as the server flushes them) through t
 reader, the chunking of each read (bot/chat_chunk.py) and a scheduled Discord reply (splitting
 into messages, deciding whether an update is due), as a reply does, and prints microseconds of
 CPU per token. ``--per-read N``: the lines one read brings (1: every token on its own, as with
-``OLLAMA_READ_BEAT=0``; about 3 with the default 50 ms beat at 50 tokens/s).
+``OLLAMA_READ_BEAT=0``; about 5 with the default 100 ms beat at 50 tokens/s).
 bench/load.py measures the whole process under load (sockets, discord.py, the gateway); this
 isolates the part the bot's own code adds.
 

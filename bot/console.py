@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TextIO
 
 from .app import Services
@@ -47,7 +48,9 @@ async def run_console(
     out: TextIO = sys.stdout,
     conversation: str = CONSOLE_CONVERSATION,
 ) -> int:
-    services = Services.build(settings)
+    # One stream in a terminal: each token printed as it comes costs nothing worth saving,
+    # so no read beat (it pays off with many answers streaming at once).
+    services = Services.build(replace(settings, read_beat=0.0))
     try:
         await services.store.open()
     except StoreError as exc:

@@ -280,17 +280,25 @@ class DiscordScheduler:
         """Discord's headers for a channel's message bucket correct its plan."""
         self._window(channel).observe(self.clock(), remaining, reset_after)
 
+    def rate_limited_globally(self, retry_after: float) -> None:
+        """A 429 for the whole bot despite the plan: every call waits it out, and the bot
+        plans one call fewer per window from now on."""
+        _tighten(self._global.window, self.clock(), retry_after, "scope=global")
+
     def rate_limited(self, channel: int, retry_after: float) -> None:
         """A 429 on a channel's messages despite the plan: wait it out, plan tighter."""
-        window = self._window(channel)
-        window.rate_limited(self.clock(), retry_after)
-        log.warning(
-            "event=discord_rate_limited channel=%s retry_after=%.2f plan_now=%d_per_%.2gs",
-            channel,
-            retry_after,
-            window.limit,
-            window.window,
-        )
+        _tighten(self._window(channel), self.clock(), retry_after, f"channel={channel}")
+
+
+def _tighten(window: RateWindow, now: float, retry_after: float, where: str) -> None:
+    window.rate_limited(now, retry_after)
+    log.warning(
+        "event=discord_rate_limited %s retry_after=%.2f plan_now=%d_per_%.2gs",
+        where,
+        retry_after,
+        window.limit,
+        window.window,
+    )
 
 
 def _urgent(reply: ReplyWriter) -> bool:

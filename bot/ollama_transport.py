@@ -66,7 +66,7 @@ class _Exchange:
         ticker, watch = self.ticker, self.watch
         loop = asyncio.get_running_loop()
         if ticker is not None and self.started and ticker.due(self._last_read, loop.time()):
-            await ticker.beat()
+            await self._await_beat(ticker)
         if watch is None:
             data = await self.response.content.readany()
         else:
@@ -79,6 +79,23 @@ class _Exchange:
             self.started = True
             self._last_read = loop.time()
         return data
+
+    async def _await_beat(self, ticker: ReadTicker) -> None:
+        """Wait for the beat with the socket left unread: the kernel gathers what arrives and
+        one ``recv`` takes it all, where a socket left readable costs a wake-up, a ``recv`` and
+        a parse per packet even when nobody reads the buffer (receiving a hundred streams of
+        tokens cost 74 µs per token that way, 43 µs paused). Reading resumes before the read
+        that follows; if aiohttp had paused it for a full buffer, that read drains it anyway."""
+        connection = self.response.connection
+        transport = None if connection is None else connection.transport
+        if transport is None:  # the body is complete and the connection already released
+            await ticker.beat()
+            return
+        transport.pause_reading()
+        try:
+            await ticker.beat()
+        finally:
+            transport.resume_reading()  # a no-op on a transport closed meanwhile
 
     @contextmanager
     def watched(self, watch: IdleWatch) -> Iterator[None]:
@@ -140,7 +157,12 @@ class OllamaTransport:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 # Ollama (Go net/http) keeps idle connections open; reuse them for a minute.
-                connector=aiohttp.TCPConnector(keepalive_timeout=60),
+                # The system's resolver, as curl would use: an Ollama on the LAN is often
+                # reached by an mDNS name (gpu-box.local), which aiodns, aiohttp's choice when
+                # installed, cannot resolve (aio-libs/aiohttp#10186).
+                connector=aiohttp.TCPConnector(
+                    keepalive_timeout=60, resolver=aiohttp.ThreadedResolver()
+                ),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
                 ),

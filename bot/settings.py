@@ -62,7 +62,7 @@ class Settings:
     max_input_chars: int = 8000
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
-    read_beat: float = 0.05
+    read_beat: float = 0.1
     message_content_intent: bool = True
     log_level: str = "INFO"
     log_format: str = "text"

@@ -11,6 +11,8 @@ import asyncio
 import logging
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from simcord import Env
 
 from bot.discord.rate_headers import RateLimitListener
@@ -216,6 +218,66 @@ def test_a_429_anyway_waits_it_out_and_plans_one_write_fewer() -> None:
     for _ in range(10):
         window.rate_limited(20.0, retry_after=0.1)
     assert window.limit == 1  # never below one
+
+
+@given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=300))
+# A burst, most of the budget 50 ms later, then what the burst frees: with a 1 s plan, the
+# burst's successors arrive in the same Discord window as the burst when it was late.
+@example([0.0] * 10 + [0.05] * 35 + [1.0] * 10)
+def test_calls_up_to_50_ms_late_never_make_more_than_discords_50_in_its_window(
+    wanted: list[float],
+) -> None:
+    # Calls wanted at these moments go when the global window lets them; Discord counts each
+    # when it arrives, up to 50 ms later, in fixed 1 s windows starting anywhere.
+    limits = DiscordLimits()
+    window = RateWindow(limits.global_limit, limits.global_window)
+    sent = []
+    for at in sorted(wanted):
+        at += window.wait(at)
+        window.record(at)
+        sent.append(at)
+    for start in sent:  # the worst case: Discord's window starts as a call arrives
+        late = [t for t in sent if start - 0.05 <= t < start + 1.0]
+        assert len(late) <= 45 < 50
+
+
+async def test_a_global_429_is_the_whole_bots_not_the_channels() -> None:
+    channel_429s: list[tuple[int, float]] = []
+    global_429s: list[float] = []
+    listener = RateLimitListener(
+        lambda channel, retry: channel_429s.append((channel, retry)), global_429s.append
+    )
+    discord_http = logging.getLogger("discord.http")
+    discord_http.addHandler(listener)
+    try:
+        # What discord.py logs for a global 429 on an edit: two warnings, nothing in between.
+        discord_http.warning(
+            "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.",
+            "PATCH",
+            "https://discord.com/api/v10/channels/42/messages/7",
+            0.01,
+        )
+        discord_http.warning("Global rate limit has been hit. Retrying in %.2f seconds.", 0.01)
+        # And for the channel's own bucket: one warning.
+        discord_http.warning(
+            "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.",
+            "PATCH",
+            "https://discord.com/api/v10/channels/43/messages/8",
+            1.5,
+        )
+        await asyncio.sleep(0)
+    finally:
+        discord_http.removeHandler(listener)
+    assert global_429s == [0.01]
+    assert channel_429s == [(43, 1.5)]
+
+
+async def test_after_a_global_429_every_call_waits_and_the_plan_is_one_call_fewer() -> None:
+    s, clock = scheduler(DiscordLimits(global_limit=45))
+    s.rate_limited_globally(0.5)
+    await s.admit()
+    assert clock() == pytest.approx(0.5)
+    assert s._global.window.limit == 44
 
 
 def test_discord_py_429_warnings_reach_the_scheduler_with_their_channel() -> None:

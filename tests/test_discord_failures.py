@@ -4,11 +4,16 @@ cancelled, nothing more is sent, nothing is stored."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import discord
 import pytest
 from simcord import Env
 
 from tests.fake_ollama import FakeOllama, Reply
-from tests.helpers import bot_texts, setup_channel, stored
+from tests.helpers import bot_messages, bot_texts, setup_channel, stored
 
 TOKENS = [f" t{i}" for i in range(30)]
 
@@ -122,3 +127,65 @@ async def test_a_refusal_for_good_mid_stream_stops_the_reply(
     assert await stored(simcord_env, channel) == []
     lines = [r.getMessage() for r in caplog.records if "outcome=undeliverable" in r.getMessage()]
     assert len(lines) == 1 and str(code) in lines[0]
+
+
+def drop_connections(env: Env, when: Callable[[discord.http.Route], bool], times: int) -> list[str]:
+    """Discord closing the connection before it answers (a dropped keep-alive connection):
+    discord.py's HTTP client raises aiohttp's error, as it does against the real API. Returns
+    the routes that were dropped."""
+    http = env.bot.http
+    original = http.request
+    dropped: list[str] = []
+
+    async def request(route: discord.http.Route, **kwargs: Any) -> Any:
+        if len(dropped) < times and when(route):
+            dropped.append(f"{route.method} {route.url}")
+            raise aiohttp.ServerDisconnectedError()
+        return await original(route, **kwargs)
+
+    http.request = request  # type: ignore[method-assign]
+    return dropped
+
+
+@pytest.mark.bot_clock(step=1.0)
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_dropped_connection_is_a_failure_for_now_and_the_reply_goes_on(
+    simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    channel, alice = setup_channel(simcord_env, global_name=None)
+    fake_ollama.queue(Reply(tokens=TOKENS, token_delay=0.01))
+    dropped = drop_connections(
+        simcord_env, lambda route: route.method == method and "/messages" in route.url, 1
+    )
+
+    await alice.send(channel, f"{simcord_env.bot.user.mention} go")
+
+    assert len(dropped) == 1
+    assert bot_texts(simcord_env, channel) == ["".join(TOKENS).strip()]
+    assert len(await stored(simcord_env, channel)) == 2  # the history is complete
+    failures = [r.getMessage() for r in caplog.records if "_failed" in r.getMessage()]
+    assert len(failures) == 1 and "ServerDisconnectedError" in failures[0]
+    assert not [r for r in caplog.records if r.name == "discord.client"]  # no traceback
+
+
+@pytest.mark.bot_clock(step=1.0)
+async def test_a_dropped_connection_when_taking_the_old_regenerate_button_away_is_only_logged(
+    simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel, alice = setup_channel(simcord_env, global_name=None)
+    fake_ollama.queue(Reply(tokens=["first"]))
+    await alice.send(channel, f"{simcord_env.bot.user.mention} one")
+    [first] = bot_messages(simcord_env, channel)
+    dropped = drop_connections(
+        simcord_env, lambda route: route.method == "PATCH" and str(first.id) in route.url, 1
+    )
+    fake_ollama.queue(Reply(tokens=["second"]))
+
+    await alice.send(channel, f"{simcord_env.bot.user.mention} two")
+
+    assert len(dropped) == 1  # the edit that takes the first answer's button away
+    assert bot_texts(simcord_env, channel) == ["first", "second"]
+    assert len(await stored(simcord_env, channel)) == 4
+    lines = [r.getMessage() for r in caplog.records if "remove_button_failed" in r.getMessage()]
+    assert len(lines) == 1 and "ServerDisconnectedError" in lines[0]
+    assert not [r for r in caplog.records if r.name == "discord.client"]  # no traceback

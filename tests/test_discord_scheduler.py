@@ -134,7 +134,7 @@ async def test_finals_are_sent_before_intermediate_edits_waiting_in_the_same_cha
 
 
 async def test_many_replies_slow_down_together_within_the_global_budget() -> None:
-    limits = DiscordLimits(global_limit=45, intermediate_share=0.6)
+    limits = DiscordLimits(global_limit=45, global_window=1.0, intermediate_share=0.6)
     scheduler, clock, log = make(limits, interval=1.0)
     replies = [
         scheduler.reply(channel, Recorder(clock, log, str(channel))) for channel in range(100)

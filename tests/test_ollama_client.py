@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 
+import aiohttp
+import aiohttp.client_proto
 import pytest
 
 from bot.ollama import (
@@ -191,6 +193,47 @@ async def test_with_a_read_beat_tokens_that_arrive_together_are_one_chunk(
     assert sum(c.tokens for c in chunks) == len(tokens)
     assert len(chunks) < len(tokens) / 3  # 200 ms of tokens in a handful of reads
     assert chunks[-1].done and chunks[-1].metrics["eval_count"] == len(tokens)
+
+
+async def test_with_a_read_beat_the_socket_is_read_once_a_beat_not_once_a_token(
+    fake_ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counted where aiohttp receives what the socket gave: each call is one recv, and each
+    # costs a wake-up and a parse even when nobody reads aiohttp's buffer yet.
+    received = 0
+    original = aiohttp.client_proto.ResponseHandler.data_received
+
+    def data_received(self: aiohttp.client_proto.ResponseHandler, data: bytes) -> None:
+        nonlocal received
+        received += bool(data)  # aiohttp itself calls it with b"" to resume its parser
+        original(self, data)
+
+    monkeypatch.setattr(aiohttp.client_proto.ResponseHandler, "data_received", data_received)
+    tokens = [f"w{i} " for i in range(60)]  # one packet every 5 ms for 300 ms
+    fake_ollama.queue(Reply(tokens=tokens, token_delay=0.005))
+    client = OllamaClient(fake_ollama.url, read_beat=0.05)
+    chunks = await collect(client)
+    await client.close()
+    assert "".join(c.content for c in chunks) == "".join(tokens)
+    assert received < len(tokens) / 3  # about one recv per 50 ms beat
+
+
+async def test_a_connection_read_on_a_beat_is_reused_afterwards(fake_ollama: FakeOllama) -> None:
+    # Between beats the socket is left unread; whether the stream ends or is stopped during
+    # a beat, the connection it leaves in the pool reads normally again.
+    client = OllamaClient(fake_ollama.url, read_beat=0.05)
+    fake_ollama.queue(Reply(tokens=[f"t{i} " for i in range(100)], token_delay=0.005))
+    stream = client.chat("llama3.2", USER)
+    async with aclosing(stream):
+        async for chunk in stream:
+            if chunk.content:
+                break  # stopped by the Stop button, say
+    for _ in range(3):
+        fake_ollama.queue(Reply(tokens=["a ", "b ", "c"], token_delay=0.02))
+        async with asyncio.timeout(10):
+            chunks = await collect(client)
+        assert "".join(c.content for c in chunks) == "a b c"
+    await client.close()
 
 
 async def test_slow_tokens_within_the_idle_timeout_are_fine(fake_ollama: FakeOllama) -> None:

@@ -40,6 +40,7 @@ from ..user_messages import (
 from .attachments import Gathered, gather
 from .buttons import ButtonPress, shown_controls
 from .ephemeral import tell
+from .failures import DISCORD_FAILURES
 from .intake import Question, conversation_id, is_for_me, question_from, quoted_message
 from .latest_answers import LatestAnswers
 from .open_replies import OpenReplies
@@ -128,7 +129,7 @@ class Answers:
             question.channel_id,
             question.author_id,
         )
-        with contextlib.suppress(discord.HTTPException):
+        with contextlib.suppress(*DISCORD_FAILURES):
             await message.add_reaction(NOT_TAKEN_REACTION)
         if self.permissions.notices.should_tell("too_many", question.author_id):
             await self.say(message, TOO_MANY_WAITING.format(count=PENDING_PER_PERSON))
@@ -176,7 +177,7 @@ class Answers:
             # Not an Ollama failure (those are answered by the engine): a bug or Discord itself.
             # Log the traceback, and still tell the user something went wrong.
             log.exception("event=reply_crashed channel=%s asked=%s", channel_id, target.asked)
-            with contextlib.suppress(discord.HTTPException):
+            with contextlib.suppress(*DISCORD_FAILURES):
                 await writer.finish(INTERNAL_ERROR)
         finally:
             await sink.stop_typing()
@@ -190,7 +191,7 @@ class Answers:
     async def _missing_permission(self, message: discord.Message, code: int | None) -> None:
         """The reply could not be posted: the asker sees a reaction on their question (if the
         bot may react), the log says what to fix, once per channel."""
-        with contextlib.suppress(discord.HTTPException):
+        with contextlib.suppress(*DISCORD_FAILURES):
             await message.add_reaction(UNDELIVERED_REACTION)
         channel = message.channel.id
         if channel not in self._told_missing_permission:
@@ -260,7 +261,7 @@ class Answers:
             await tell(interaction, ONE_AT_A_TIME)
         elif await latest_question(self.engine.store, conversation) != press.asked:
             await tell(interaction, NOT_LATEST)
-            with contextlib.suppress(discord.HTTPException):
+            with contextlib.suppress(*DISCORD_FAILURES):
                 await message.edit(view=None)  # the button no longer applies
         else:
             # Acknowledge at once (3 s), then answer again into the same message.
@@ -280,7 +281,7 @@ class Answers:
         )
         try:
             question = await channel.fetch_message(press.asked)
-        except discord.HTTPException:
+        except DISCORD_FAILURES:
             question = None
         # The new answer is written over the earlier one's messages (known since this process
         # wrote them; after a restart, the one with the button). A refused Regenerate (no

@@ -17,6 +17,7 @@ from ..history_store import StoredImage
 from ..settings import Settings
 from ..turn import UserMessage
 from ..user_messages import attachment_not_downloaded, attachment_text_cut, attachment_too_big
+from .failures import DISCORD_FAILURES
 from .intake import Question
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ async def _prepare(
             continue
         try:
             data = await attachment.read()
-        except (discord.HTTPException, discord.NotFound) as exc:
+        except DISCORD_FAILURES as exc:
             log.warning(
                 "event=attachment_download_failed file=%r cause=%r", attachment.filename, exc
             )

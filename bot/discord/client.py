@@ -56,7 +56,12 @@ class OllacordBot(discord.Client):
         intents = discord.Intents.default()
         intents.message_content = settings.message_content_intent
         super().__init__(
-            intents=intents, allowed_mentions=ALLOWED_MENTIONS, **self.shard_options(settings)
+            intents=intents,
+            allowed_mentions=ALLOWED_MENTIONS,
+            # No message cache: the bot reads each message once, from its event (a reply's
+            # message comes with it), so 1,000 cached messages would only hold memory.
+            max_messages=None,
+            **self.shard_options(settings),
         )
         self.settings = settings
         self.services = services or Services.build(settings, clock=clock)
@@ -83,7 +88,9 @@ class OllacordBot(discord.Client):
         self.tree = OllacordTree(self)
         SlashCommands(self.services, self.permissions).install(self.tree)
         self._rate_limit_counter = RateLimitLogCounter(self.services.metrics)
-        self._rate_limit_listener = RateLimitListener(self.scheduler.rate_limited)
+        self._rate_limit_listener = RateLimitListener(
+            self.scheduler.rate_limited, self.scheduler.rate_limited_globally
+        )
         self._ended_abandoned = False
 
     @staticmethod

@@ -6,6 +6,8 @@ import logging
 
 import discord
 
+from .failures import DISCORD_FAILURES, failure_cause, failure_status
+
 log = logging.getLogger(__name__)
 
 
@@ -18,5 +20,9 @@ async def tell(interaction: discord.Interaction, text: str) -> None:
             await interaction.followup.send(text, ephemeral=True)
         else:
             await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("event=interaction_answer_failed status=%s cause=%r", exc.status, exc.text)
+    except DISCORD_FAILURES as exc:
+        log.warning(
+            "event=interaction_answer_failed status=%s cause=%r",
+            failure_status(exc),
+            failure_cause(exc),
+        )

@@ -9,6 +9,7 @@ import discord
 
 from ..rate_limits import CURRENT_PRIORITY, Priority
 from .buttons import demoted_view
+from .failures import DISCORD_FAILURES, failure_cause
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,11 @@ class LatestAnswers:
         token = CURRENT_PRIORITY.set(Priority.STATUS)
         try:
             await previous[-1].edit(view=demoted_view(previous[-1]))
-        except discord.HTTPException as exc:
-            log.info("event=remove_button_failed message=%s cause=%r", previous[-1].id, exc.text)
+        except DISCORD_FAILURES as exc:
+            log.info(
+                "event=remove_button_failed message=%s cause=%r",
+                previous[-1].id,
+                failure_cause(exc),
+            )
         finally:
             CURRENT_PRIORITY.reset(token)

@@ -17,6 +17,7 @@ import discord
 from ..app import Services
 from ..splitter import DISCORD_LIMIT, discord_len
 from ..user_messages import RESTART_NOTE
+from .failures import DISCORD_FAILURES, failure_cause
 from .intake import conversation_id
 
 PREFIX = conversation_id(0).removesuffix("0")  # "discord:"
@@ -88,7 +89,7 @@ class OpenReplies:
             return channel
         try:
             fetched = await client.fetch_channel(channel_id)
-        except discord.HTTPException:
+        except DISCORD_FAILURES:
             return None
         return fetched if isinstance(fetched, discord.DMChannel) and _runs_dms(client) else None
 
@@ -119,12 +120,12 @@ class OpenReplies:
             await message.edit(content=f"{text}\n\n{RESTART_NOTE}".strip(), view=None)
         except discord.NotFound:
             pass  # deleted meanwhile: nothing to end
-        except discord.HTTPException as exc:
+        except DISCORD_FAILURES as exc:
             log.warning(
                 "event=abandoned_reply_not_ended conversation=%s message=%s cause=%r",
                 conversation,
                 message_id,
-                exc.text,
+                failure_cause(exc),
             )
             return
         log.info("event=abandoned_reply_ended conversation=%s message=%s", conversation, message_id)

@@ -27,6 +27,7 @@ from ..user_messages import (
     NOT_FOR_YOU,
     RESET_REFUSED,
 )
+from .failures import DISCORD_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Permissions:
             if member is None:
                 try:
                     member = await guild.fetch_member(user)
-                except discord.HTTPException:
+                except DISCORD_FAILURES:
                     continue
             roles.update(role.id for role in member.roles)
         result = frozenset(roles)

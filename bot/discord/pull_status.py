@@ -13,6 +13,7 @@ from ..clock import Clock, EditThrottle
 from ..model_manager import PullTracker
 from ..ollama import OllamaError
 from ..user_messages import pull_failed, pull_progress, pull_succeeded
+from .failures import DISCORD_FAILURES, failure_cause, failure_status
 from .permissions import PERMISSION, Permissions
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,12 @@ class PullStatusMessage:
                 await self.interaction.edit_original_response(content=text)
             elif isinstance(self.interaction.channel, discord.abc.Messageable):
                 self.channel_message = await self.interaction.channel.send(text)
-        except discord.HTTPException as exc:
-            log.warning("event=pull_message_failed status=%s cause=%r", exc.status, exc.text)
+        except DISCORD_FAILURES as exc:
+            log.warning(
+                "event=pull_message_failed status=%s cause=%r",
+                failure_status(exc),
+                failure_cause(exc),
+            )
 
 
 class PullCommand:

@@ -8,6 +8,7 @@ model: with each answer's headers, and when a 429 happened anyway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 # warning for a 429 it is about to wait out ("... %s %s responded with 429 ...").
 MESSAGE_ROUTES = {"/channels/{channel_id}/messages", "/channels/{channel_id}/messages/{message_id}"}
 _CHANNEL_URL = re.compile(r"/channels/(\d+)/messages(?:/\d+)?$")
+_GLOBAL_WARNING = "Global rate limit has been hit"
 
 
 def message_bucket(http: Any, route: Any) -> tuple[int, int, float] | None:
@@ -41,17 +43,44 @@ def message_bucket(http: Any, route: Any) -> tuple[int, int, float] | None:
 
 class RateLimitListener(logging.Handler):
     """Hands each 429 discord.py meets on a channel's messages to ``rate_limited(channel,
-    retry_after)``."""
+    retry_after)``, and each 429 for the whole bot to ``globally(retry_after)``.
 
-    def __init__(self, rate_limited: Callable[[int, float], None]) -> None:
+    discord.py logs a 429 ("... responded with 429 ...") and, when it was the global limit,
+    a second warning right after ("Global rate limit has been hit ..."), with no await in
+    between. So a channel's 429 is handed over on the next turn of the event loop, unless the
+    global warning came first: a global 429 says nothing about the channel's own bucket."""
+
+    def __init__(
+        self,
+        rate_limited: Callable[[int, float], None],
+        globally: Callable[[float], None] | None = None,
+    ) -> None:
         super().__init__(logging.WARNING)
         self.rate_limited = rate_limited
+        self.globally = globally
+        self._pending: tuple[int, float] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "responded with 429" not in str(record.msg) or not isinstance(record.args, tuple):
+        message = str(record.msg)
+        args = record.args if isinstance(record.args, tuple) else ()
+        if message.startswith(_GLOBAL_WARNING):
+            self._pending = None  # the 429 just logged was the bot's, not its channel's
+            if self.globally is not None and args and isinstance(args[0], int | float):
+                self.globally(float(args[0]))
             return
-        if len(record.args) < 3:
+        if "responded with 429" not in message or len(args) < 3:
             return
-        match = _CHANNEL_URL.search(str(record.args[1]))
-        if match is not None and isinstance(record.args[2], int | float):
-            self.rate_limited(int(match.group(1)), float(record.args[2]))
+        match = _CHANNEL_URL.search(str(args[1]))
+        if match is None or not isinstance(args[2], int | float):
+            return
+        self._hand_over()  # an earlier one that was not followed by the global warning
+        self._pending = (int(match.group(1)), float(args[2]))
+        try:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        except RuntimeError:  # no loop (discord.py always logs from one): no global warning
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.rate_limited(*pending)

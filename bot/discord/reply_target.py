@@ -18,6 +18,7 @@ from ..reply_text import Controls
 from ..reply_writer import ReplyWriter
 from ..turn import ReplyUndeliverable
 from .buttons import controls_view
+from .failures import DISCORD_FAILURES, failure_cause, failure_code, failure_status
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +73,23 @@ class DiscordReplyTarget:
     def _view(self, controls: Controls) -> discord.ui.View:
         return controls_view(controls, self.source.channel.id, self.asked, self.asker)
 
-    def _failed(self, action: str, exc: discord.HTTPException, index: int) -> str | None:
+    def _failed(self, action: str, exc: Exception, index: int) -> str | None:
         """Log a failed update; the refusal's reason if no retry can help, else None."""
         if self.metrics:
             self.metrics.discord_failures.labels(kind=action).inc()
-        refused = FOR_GOOD.get(exc.code)
+        code = failure_code(exc)
+        refused = FOR_GOOD.get(code) if code is not None else None
         if refused is not None:
-            self.refused_code = exc.code
+            self.refused_code = code
         log.log(
             logging.WARNING if refused else logging.ERROR,
             "event=discord_%s_failed channel=%s index=%d status=%s code=%s cause=%r%s",
             action,
             self.source.channel.id,
             index,
-            exc.status,
-            exc.code,
-            exc.text,
+            failure_status(exc),
+            code,
+            failure_cause(exc),
             " outcome=reply_stopped" if refused else "",
         )
         return refused
@@ -109,7 +111,7 @@ class DiscordReplyTarget:
             extra["file"] = discord.File(io.BytesIO(file[1]), filename=file[0])
         try:
             message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
-        except discord.HTTPException as exc:
+        except DISCORD_FAILURES as exc:
             return self._failed("send", exc, index)  # None: try again a little later
         if self.metrics:
             self.metrics.discord_updates.labels(kind="send").inc()
@@ -140,8 +142,8 @@ class DiscordReplyTarget:
         try:
             # Keep the edited message: its buttons are read again when it is no longer the latest.
             self.messages[index] = await message.edit(content=text, **extra)
-        except discord.HTTPException as exc:
-            if exc.code == UNKNOWN_MESSAGE:
+        except DISCORD_FAILURES as exc:
+            if failure_code(exc) == UNKNOWN_MESSAGE:
                 # Someone deleted the reply mid-stream: carry on in a new message.
                 if self.metrics:
                     self.metrics.discord_failures.labels(kind="edit").inc()
@@ -169,8 +171,12 @@ class DiscordReplyTarget:
         if old is not None:
             try:
                 await old.delete()
-            except discord.HTTPException as exc:  # a stale queue place is only untidy
-                log.info("event=placeholder_delete_failed message=%s cause=%r", old.id, exc.text)
+            except DISCORD_FAILURES as exc:  # a stale queue place is only untidy
+                log.info(
+                    "event=placeholder_delete_failed message=%s cause=%r",
+                    old.id,
+                    failure_cause(exc),
+                )
         return True
 
     async def delete(self, index: int) -> bool | str | None:
@@ -178,8 +184,8 @@ class DiscordReplyTarget:
         if message is not None:
             try:
                 await message.delete()
-            except discord.HTTPException as exc:
-                if exc.code != UNKNOWN_MESSAGE:  # already gone is what was wanted
+            except DISCORD_FAILURES as exc:
+                if failure_code(exc) != UNKNOWN_MESSAGE:  # already gone is what was wanted
                     return self._failed("delete", exc, index)
         del self.messages[index]
         return True
