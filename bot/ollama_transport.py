@@ -18,6 +18,7 @@ Protocol facts: ``docs/ollama-protocol.md`` (anchors below refer to it).
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any
@@ -55,6 +56,7 @@ class _Exchange:
         self.ticker: ReadTicker | None = None
         self.watch: IdleWatch | None = None
         self._last_read = 0.0
+        self._broken: aiohttp.ClientPayloadError | None = None
 
     @property
     def is_ndjson(self) -> bool:
@@ -68,17 +70,36 @@ class _Exchange:
         if ticker is not None and self.started and ticker.due(self._last_read, loop.time()):
             await self._await_beat(ticker)
         if watch is None:
-            data = await self.response.content.readany()
+            data = await self._readany()
         else:
             watch.waiting(self.response, loop.time())
             try:
-                data = await self.response.content.readany()
+                data = await self._readany()
             finally:
                 watch.done(self.response)
         if data:
             self.started = True
             self._last_read = loop.time()
         return data
+
+    async def _readany(self) -> bytes:
+        """aiohttp's ``readany``, except that what arrived before the connection broke comes
+        first: aiohttp raises at once and leaves it unread, and the last tokens before a cut
+        would be lost. The error comes with the next read."""
+        if self._broken is not None:
+            raise self._broken
+        content = self.response.content
+        try:
+            return await content.readany()
+        except aiohttp.ClientPayloadError as exc:
+            # aiohttp's private buffer: the bytes received and not read yet.
+            unread: collections.deque[bytes] | None = getattr(content, "_buffer", None)
+            if not unread:
+                raise
+            data = b"".join(unread)[getattr(content, "_buffer_offset", 0) :]
+            unread.clear()
+            self._broken = exc
+            return data
 
     async def _await_beat(self, ticker: ReadTicker) -> None:
         """Wait for the beat with the socket left unread: the kernel gathers what arrives and

@@ -236,6 +236,26 @@ async def test_a_connection_read_on_a_beat_is_reused_afterwards(fake_ollama: Fak
     await client.close()
 
 
+@pytest.mark.parametrize("mid_line", [False, True], ids=["between-lines", "mid-line"])
+async def test_tokens_that_arrived_before_the_connection_broke_are_not_lost(
+    fake_ollama: FakeOllama, mid_line: bool
+) -> None:
+    # The reader is busy elsewhere (say, waiting for Discord) while the last tokens arrive
+    # and the connection breaks: aiohttp then has both the bytes and the error; the bytes
+    # come first.
+    fake_ollama.queue(
+        Reply(tokens=["Partial", " answer", " here"], drop_after=2, drop_mid_line=mid_line)
+    )
+    client = OllamaClient(fake_ollama.url)
+    received = ""
+    with pytest.raises(StreamInterrupted):
+        async for chunk in client.chat("llama3.2", USER):
+            received += chunk.content
+            await asyncio.sleep(0.3)
+    await client.close()
+    assert received == "Partial answer"
+
+
 async def test_slow_tokens_within_the_idle_timeout_are_fine(fake_ollama: FakeOllama) -> None:
     # The idle timeout restarts with every read: a long reply is never cut by it.
     fake_ollama.queue(Reply(tokens=["a", "b", "c", "d"], token_delay=0.15))
