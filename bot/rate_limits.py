@@ -54,6 +54,10 @@ class DiscordLimits:
     intermediate_share: float = 0.6  # of the global budget, at most, for intermediate edits
 
 
+# A plan tightened by a 429 wins back one event per window after this long without another.
+RECOVERY = 600.0
+
+
 class RateWindow:
     """At most ``limit`` events in any ``window`` seconds (a sliding window: never more than
     Discord's fixed window allows, wherever its window starts), corrected by what Discord
@@ -62,11 +66,13 @@ class RateWindow:
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
+        self._planned = limit
         self.window = window
         self._times: deque[float] = deque()
         # Discord's last word: this many more events fit until then.
         self._cap_until = float("-inf")
         self._cap_left = 0
+        self._limited_until = float("-inf")  # the end of the last 429's wait
 
     def observe(self, now: float, remaining: int, reset_after: float) -> None:
         """Discord's ``X-RateLimit-Remaining`` and ``Reset-After`` for this bucket, just read:
@@ -76,11 +82,17 @@ class RateWindow:
 
     def rate_limited(self, now: float, retry_after: float) -> None:
         """A 429 happened anyway: nothing more until Discord's ``retry_after``, and from now
-        on one event fewer per window for this bucket."""
-        self.observe(now, 0, retry_after)
-        self.limit = max(1, self.limit - 1)
+        on one event fewer per window for this bucket. The calls in flight when the limit was
+        hit come back with 429s together: one incident, one event fewer."""
+        if now >= self._limited_until:
+            self.limit = max(1, self.limit - 1)
+        self._limited_until = max(self._limited_until, now + retry_after)
+        self.observe(now, 0, self._limited_until - now)
 
     def _expire(self, now: float) -> None:
+        if self.limit < self._planned and now - self._limited_until >= RECOVERY:
+            self.limit += 1  # a rare 429 must not slow a bot that runs for weeks for good
+            self._limited_until = now
         while self._times and self._times[0] <= now - self.window:
             self._times.popleft()
 

@@ -215,9 +215,19 @@ def test_a_429_anyway_waits_it_out_and_plans_one_write_fewer() -> None:
     window.rate_limited(10.0, retry_after=1.5)
     assert window.wait(10.0) == pytest.approx(1.5)
     assert window.limit == 4
-    for _ in range(10):
-        window.rate_limited(20.0, retry_after=0.1)
+    for second in range(3):  # the calls in flight all come back with a 429: one incident
+        window.rate_limited(20.0 + second / 100, retry_after=0.1)
+    assert window.limit == 3
+    assert window.wait(20.05) == pytest.approx(0.07)  # the longest wait of the incident
+    for second in range(10):
+        window.rate_limited(30.0 + second, retry_after=0.1)
     assert window.limit == 1  # never below one
+    # Ten quiet minutes win back one write per window, up to the planned five.
+    window.wait(40.0 + 600)
+    assert window.limit == 2
+    for minutes in range(2, 8):
+        window.wait(40.0 + 600 * minutes)
+    assert window.limit == 5
 
 
 @given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=300))
@@ -258,23 +268,32 @@ async def test_a_global_429_is_the_whole_bots_not_the_channels() -> None:
             0.01,
         )
         discord_http.warning("Global rate limit has been hit. Retrying in %.2f seconds.", 0.01)
-        # And for the channel's own bucket: one warning.
+        # And for the channel's own bucket: one warning...
         discord_http.warning(
             "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.",
             "PATCH",
             "https://discord.com/api/v10/channels/43/messages/8",
             1.5,
         )
+        # ... even when another call meets a global 429 in the same turn of the loop.
+        discord_http.warning(
+            "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.",
+            "PUT",
+            "https://discord.com/api/v10/channels/44/messages/9/reactions/x/@me",
+            0.02,
+        )
+        discord_http.warning("Global rate limit has been hit. Retrying in %.2f seconds.", 0.02)
         await asyncio.sleep(0)
     finally:
         discord_http.removeHandler(listener)
-    assert global_429s == [0.01]
+    assert global_429s == [0.01, 0.02]
     assert channel_429s == [(43, 1.5)]
 
 
 async def test_after_a_global_429_every_call_waits_and_the_plan_is_one_call_fewer() -> None:
     s, clock = scheduler(DiscordLimits(global_limit=45))
-    s.rate_limited_globally(0.5)
+    for _ in range(12):  # every call in flight comes back with one: a single incident
+        s.rate_limited_globally(0.5)
     await s.admit()
     assert clock() == pytest.approx(0.5)
     assert s._global.window.limit == 44

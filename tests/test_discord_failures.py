@@ -129,33 +129,53 @@ async def test_a_refusal_for_good_mid_stream_stops_the_reply(
     assert len(lines) == 1 and str(code) in lines[0]
 
 
-def drop_connections(env: Env, when: Callable[[discord.http.Route], bool], times: int) -> list[str]:
-    """Discord closing the connection before it answers (a dropped keep-alive connection):
-    discord.py's HTTP client raises aiohttp's error, as it does against the real API. Returns
-    the routes that were dropped."""
+def drop_connections(
+    env: Env,
+    when: Callable[[discord.http.Route], bool],
+    times: int,
+    error: Callable[[], Exception] = aiohttp.ServerDisconnectedError,
+) -> list[tuple[str, Any]]:
+    """Discord closing the connection before it answers (a dropped keep-alive connection; by
+    default) or in the middle of its answer: discord.py's HTTP client raises aiohttp's error,
+    as it does against the real API. Returns the requests that were dropped (route, and the
+    nonce of a message create)."""
     http = env.bot.http
     original = http.request
-    dropped: list[str] = []
+    dropped: list[tuple[str, Any]] = []
 
     async def request(route: discord.http.Route, **kwargs: Any) -> Any:
         if len(dropped) < times and when(route):
-            dropped.append(f"{route.method} {route.url}")
-            raise aiohttp.ServerDisconnectedError()
+            nonce = (kwargs.get("json") or {}).get("nonce")
+            dropped.append((f"{route.method} {route.url}", nonce))
+            raise error()
         return await original(route, **kwargs)
 
     http.request = request  # type: ignore[method-assign]
     return dropped
 
 
+def _body_cut() -> Exception:
+    return aiohttp.ClientPayloadError("Response payload is not completed")
+
+
 @pytest.mark.bot_clock(step=1.0)
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
+@pytest.mark.parametrize(
+    "error",
+    [aiohttp.ServerDisconnectedError, _body_cut, TimeoutError],
+    ids=["disconnected", "body-cut", "timeout"],
+)
 async def test_a_dropped_connection_is_a_failure_for_now_and_the_reply_goes_on(
-    simcord_env: Env, fake_ollama: FakeOllama, caplog: pytest.LogCaptureFixture, method: str
+    simcord_env: Env,
+    fake_ollama: FakeOllama,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    error: Callable[[], Exception],
 ) -> None:
     channel, alice = setup_channel(simcord_env, global_name=None)
     fake_ollama.queue(Reply(tokens=TOKENS, token_delay=0.01))
     dropped = drop_connections(
-        simcord_env, lambda route: route.method == method and "/messages" in route.url, 1
+        simcord_env, lambda route: route.method == method and "/messages" in route.url, 1, error
     )
 
     await alice.send(channel, f"{simcord_env.bot.user.mention} go")
@@ -163,8 +183,15 @@ async def test_a_dropped_connection_is_a_failure_for_now_and_the_reply_goes_on(
     assert len(dropped) == 1
     assert bot_texts(simcord_env, channel) == ["".join(TOKENS).strip()]
     assert len(await stored(simcord_env, channel)) == 2  # the history is complete
+    creates = [
+        r.json["nonce"]
+        for r in simcord_env.http_requests
+        if r.method == "POST" and r.path.endswith("/messages")
+    ]
+    if method == "POST":  # tried again with the same nonce: Discord would not post it twice
+        assert creates == [dropped[0][1]] and creates[0]
     failures = [r.getMessage() for r in caplog.records if "_failed" in r.getMessage()]
-    assert len(failures) == 1 and "ServerDisconnectedError" in failures[0]
+    assert len(failures) == 1 and type(error()).__name__ in failures[0]
     assert not [r for r in caplog.records if r.name == "discord.client"]  # no traceback
 
 

@@ -212,7 +212,8 @@ async def test_with_a_read_beat_the_socket_is_read_once_a_beat_not_once_a_token(
     tokens = [f"w{i} " for i in range(60)]  # one packet every 5 ms for 300 ms
     fake_ollama.queue(Reply(tokens=tokens, token_delay=0.005))
     client = OllamaClient(fake_ollama.url, read_beat=0.05)
-    chunks = await collect(client)
+    async with asyncio.timeout(10):  # a socket never read again would hang here
+        chunks = await collect(client)
     await client.close()
     assert "".join(c.content for c in chunks) == "".join(tokens)
     assert received < len(tokens) / 3  # about one recv per 50 ms beat
@@ -228,6 +229,21 @@ async def test_a_connection_read_on_a_beat_is_reused_afterwards(fake_ollama: Fak
         async for chunk in stream:
             if chunk.content:
                 break  # stopped by the Stop button, say
+    # Stopped while waiting for the beat (the socket paused): cancelled mid-wait.
+    fake_ollama.queue(Reply(tokens=[f"u{i} " for i in range(100)], token_delay=0.005))
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in client.chat("llama3.2", USER):
+            if chunk.content:
+                first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    await asyncio.sleep(0.02)  # inside the next 50 ms beat
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     for _ in range(3):
         fake_ollama.queue(Reply(tokens=["a ", "b ", "c"], token_delay=0.02))
         async with asyncio.timeout(10):

@@ -1,8 +1,9 @@
-"""Discord failing a request: an HTTP error, or no answer at all.
+"""Discord failing a request: an HTTP error, or no whole answer at all.
 
 discord.py retries 5xx answers, 429s and connection resets (by errno), but a server that
 closes the connection before answering (a dropped keep-alive connection, a proxy restarting)
-comes through as aiohttp's error. For the bot both are the same kind of failure: that
+or in the middle of its answer comes through as aiohttp's error, and a request that outlives
+discord.py's timeout as a TimeoutError. For the bot all are the same kind of failure: that
 request did not work, try again later or leave it, and log why."""
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import discord
 #: What every Discord call of the bot expects it might fail with.
 DISCORD_FAILURES: tuple[type[Exception], ...] = (
     discord.HTTPException,
-    aiohttp.ClientConnectionError,
+    aiohttp.ClientError,  # ClientConnectionError, ClientPayloadError (a body cut short)
     ConnectionError,
+    TimeoutError,
 )
 
 

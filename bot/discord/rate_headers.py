@@ -70,10 +70,12 @@ class RateLimitListener(logging.Handler):
             return
         if "responded with 429" not in message or len(args) < 3:
             return
+        # A new 429: the one before it (another call's) was not followed by the global
+        # warning, so it was its channel's.
+        self._hand_over()
         match = _CHANNEL_URL.search(str(args[1]))
         if match is None or not isinstance(args[2], int | float):
             return
-        self._hand_over()  # an earlier one that was not followed by the global warning
         self._pending = (int(match.group(1)), float(args[2]))
         try:
             asyncio.get_running_loop().call_soon(self._hand_over)

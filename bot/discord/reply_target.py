@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -67,6 +68,10 @@ class DiscordReplyTarget:
         # Regenerate writes over the earlier answer's messages.
         self.messages: list[discord.Message | None] = list(existing)
         self.refused_code: int | None = None  # Discord's code when it refused for good
+        # Per message index, the nonce of its create until the create succeeds: Discord makes
+        # one message per nonce (discord.py sends enforce_nonce), so a create tried again
+        # after the connection dropped before Discord's answer cannot post the part twice.
+        self._nonces: dict[int, int] = {}
         # Told of each message the reply creates (the reply is then written into it).
         self.on_new_message: Callable[[discord.Message], Awaitable[None]] | None = None
 
@@ -109,10 +114,17 @@ class DiscordReplyTarget:
             extra["view"] = self._view(controls)
         if file is not None:
             extra["file"] = discord.File(io.BytesIO(file[1]), filename=file[0])
+        nonce = self._nonces.setdefault(index, random.getrandbits(63))
         try:
-            message = await self.source.channel.send(text, reference=reference, **extra)  # type: ignore[arg-type]
+            message = await self.source.channel.send(
+                text,
+                reference=reference,  # type: ignore[arg-type]
+                nonce=nonce,
+                **extra,
+            )
         except DISCORD_FAILURES as exc:
             return self._failed("send", exc, index)  # None: try again a little later
+        del self._nonces[index]
         if self.metrics:
             self.metrics.discord_updates.labels(kind="send").inc()
         if index < len(self.messages):
